@@ -1,0 +1,23 @@
+// The one way services obtain a Backend.
+#ifndef PDSERVE_KERNELS_BACKEND_FACTORY_H_
+#define PDSERVE_KERNELS_BACKEND_FACTORY_H_
+
+#include <memory>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "shared/backend.h"
+
+namespace pdserve {
+
+// `device`: "cpu"; "cuda" (UNAVAILABLE when built without CUDA or when no
+// device is present, naming the reason); "auto" (CUDA when a device is
+// present, else CPU). INVALID_ARGUMENT for anything else.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device);
+
+// True when this build has the CUDA backend and a device is present.
+bool CudaDeviceAvailable();
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_KERNELS_BACKEND_FACTORY_H_

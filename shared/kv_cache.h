@@ -1,0 +1,97 @@
+// Paged KV cache: a pool of fixed-size blocks per layer plus per-sequence
+// block tables (the vLLM PagedAttention layout, Kwon et al. 2023).
+#ifndef PDSERVE_SHARED_KV_CACHE_H_
+#define PDSERVE_SHARED_KV_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "shared/backend.h"
+
+namespace pdserve {
+
+struct KvCacheOptions {
+  int num_blocks = 0;  // blocks in the pool, shared by all layers' tables
+  int block_size = 16;  // tokens per block
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+};
+
+// Storage: for every layer one K and one V buffer of
+// [num_blocks * block_size, num_kv_heads * head_dim] in backend.kv_dtype().
+// Bookkeeping (free list, leases) is thread-safe; the storage is written
+// through the Backend, which callers must not use from two threads at once.
+class KvCache {
+ public:
+  // A sequence's lease on blocks: block b of its table holds its tokens
+  // [b*block_size, (b+1)*block_size). The blocks return to the pool when the
+  // lease is destroyed, so an abandoned request cannot leak them.
+  class Sequence {
+   public:
+    ~Sequence();
+    Sequence(const Sequence&) = delete;
+    Sequence& operator=(const Sequence&) = delete;
+
+    // Tokens the lease has room for (num_blocks * block_size).
+    int capacity() const;
+    const std::vector<int32_t>& block_table() const { return blocks_; }
+    // Cache slot of the token at `position` (< capacity()).
+    int32_t Slot(int position) const;
+    // Grows the lease to hold at least `num_tokens` tokens. RESOURCE_EXHAUSTED
+    // (blocks needed and free in the message) leaves the lease unchanged.
+    absl::Status Reserve(int num_tokens);
+
+   private:
+    friend class KvCache;
+    explicit Sequence(KvCache* cache) : cache_(cache) {}
+    KvCache* cache_;
+    std::vector<int32_t> blocks_;
+  };
+
+  // INVALID_ARGUMENT for non-positive sizes; RESOURCE_EXHAUSTED when the
+  // backend cannot allocate the pool.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend,
+                                                         const KvCacheOptions& options);
+
+  // A lease holding `num_tokens` tokens. RESOURCE_EXHAUSTED when too few
+  // blocks are free (the message names both counts).
+  absl::StatusOr<std::unique_ptr<Sequence>> Allocate(int num_tokens);
+
+  // Writes tokens [first_token, first_token + num_tokens) of `layer` for
+  // `sequence` from host arrays k, v: [num_tokens, num_kv_heads * head_dim]
+  // of `dtype`. INVALID_ARGUMENT when the range exceeds the lease or the layer
+  // is out of range.
+  absl::Status WriteTokens(const Sequence& sequence, int layer, int first_token, int num_tokens,
+                           const void* k, const void* v, DType dtype);
+  // Reads the same range back to host float32 arrays (tests, inspection).
+  absl::Status ReadTokens(const Sequence& sequence, int layer, int first_token, int num_tokens,
+                          float* k, float* v);
+
+  DeviceBuffer& k(int layer) { return *k_[layer]; }
+  DeviceBuffer& v(int layer) { return *v_[layer]; }
+  const KvCacheOptions& options() const { return options_; }
+  int block_size() const { return options_.block_size; }
+  int num_blocks() const { return options_.num_blocks; }
+  int num_free_blocks() const;
+  // Bytes of K and V for one token across all layers.
+  size_t bytes_per_token() const;
+
+ private:
+  KvCache(Backend* backend, const KvCacheOptions& options);
+  void Release(std::vector<int32_t>& blocks);
+  absl::Status Grow(std::vector<int32_t>& blocks, int num_tokens);
+
+  Backend* backend_;
+  KvCacheOptions options_;
+  std::vector<BufferPtr> k_, v_;
+  mutable std::mutex mutex_;
+  std::vector<int32_t> free_blocks_;  // guarded by mutex_
+};
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_SHARED_KV_CACHE_H_
