@@ -1,0 +1,108 @@
+// Element-wise and GEMM kernels of the CPU backend (attention is in
+// cpu_attention.cc). Written like llama2.c's run.c: one plain loop nest per
+// op, innermost loop over contiguous memory so the compiler vectorises it.
+#include "kernels/cpu/cpu_kernels.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace pdserve::cpu {
+
+void Embedding(const float* table, const int32_t* ids, int n, int hidden, float* out) {
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(out + static_cast<size_t>(i) * hidden, table + static_cast<size_t>(ids[i]) * hidden,
+                sizeof(float) * hidden);
+  }
+}
+
+void MatMul(const float* x, const float* w, int m, int n, int k, float* out, bool accumulate) {
+  const float beta = accumulate ? 1.0f : 0.0f;
+  if (m == 1) {
+    // A single row (decode of one sequence) is a matrix-vector product;
+    // sgemv avoids sgemm's packing of a 1-row operand.
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, beta, out, 1);
+    return;
+  }
+  // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ: w is nn.Linear's [out, in].
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, out, n);
+}
+
+void RmsNorm(const float* x, const float* weight, int m, int d, float eps, float* out) {
+  for (int i = 0; i < m; ++i) {
+    const float* row = x + static_cast<size_t>(i) * d;
+    float* dst = out + static_cast<size_t>(i) * d;
+    // HF computes the mean of squares in float32; a double sum is at least
+    // as accurate and costs nothing next to the GEMMs.
+    double sum_squares = 0.0;
+    for (int j = 0; j < d; ++j) sum_squares += static_cast<double>(row[j]) * row[j];
+    const float inv_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / d + eps));
+    for (int j = 0; j < d; ++j) dst[j] = row[j] * inv_rms * weight[j];
+  }
+}
+
+void SplitQkv(const float* qkv, int n, int num_heads, int num_kv_heads, int head_dim, float* q,
+              float* k, float* v) {
+  const size_t q_width = static_cast<size_t>(num_heads) * head_dim;
+  const size_t kv_width = static_cast<size_t>(num_kv_heads) * head_dim;
+  const size_t row_width = q_width + 2 * kv_width;
+  for (int i = 0; i < n; ++i) {
+    const float* row = qkv + i * row_width;
+    std::memcpy(q + i * q_width, row, sizeof(float) * q_width);
+    std::memcpy(k + i * kv_width, row + q_width, sizeof(float) * kv_width);
+    std::memcpy(v + i * kv_width, row + q_width + kv_width, sizeof(float) * kv_width);
+  }
+}
+
+namespace {
+
+// Rotates every head of one token: (x[i], x[i+half]) -> (x[i]·c - x[i+half]·s,
+// x[i+half]·c + x[i]·s), which is HF's x·cos + rotate_half(x)·sin.
+void RotateHeads(float* x, int num_heads, int head_dim, const float* cos, const float* sin) {
+  const int half = head_dim / 2;
+  for (int h = 0; h < num_heads; ++h) {
+    float* head = x + static_cast<size_t>(h) * head_dim;
+    for (int i = 0; i < half; ++i) {
+      const float x0 = head[i];
+      const float x1 = head[i + half];
+      head[i] = x0 * cos[i] - x1 * sin[i];
+      head[i + half] = x1 * cos[i] + x0 * sin[i];
+    }
+  }
+}
+
+}  // namespace
+
+void Rope(float* q, float* k, const int32_t* positions, int n, int num_heads, int num_kv_heads,
+          int head_dim, float theta) {
+  const int half = head_dim / 2;
+  std::vector<double> inv_freq(half);
+  for (int i = 0; i < half; ++i) {
+    inv_freq[i] = std::pow(static_cast<double>(theta), -2.0 * i / head_dim);
+  }
+  std::vector<float> cos(half), sin(half);
+  const size_t q_width = static_cast<size_t>(num_heads) * head_dim;
+  const size_t k_width = static_cast<size_t>(num_kv_heads) * head_dim;
+  for (int t = 0; t < n; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = positions[t] * inv_freq[i];
+      cos[i] = static_cast<float>(std::cos(angle));
+      sin[i] = static_cast<float>(std::sin(angle));
+    }
+    RotateHeads(q + t * q_width, num_heads, head_dim, cos.data(), sin.data());
+    RotateHeads(k + t * k_width, num_kv_heads, head_dim, cos.data(), sin.data());
+  }
+}
+
+void SiluMul(const float* gate_up, int m, int f, float* out) {
+  for (int i = 0; i < m; ++i) {
+    const float* gate = gate_up + static_cast<size_t>(i) * 2 * f;
+    const float* up = gate + f;
+    float* dst = out + static_cast<size_t>(i) * f;
+    for (int j = 0; j < f; ++j) dst[j] = gate[j] / (1.0f + std::exp(-gate[j])) * up[j];
+  }
+}
+
+}  // namespace pdserve::cpu

@@ -1,0 +1,52 @@
+// The CPU backend's float32 kernels on plain pointers. CpuBackend checks
+// shapes and dtypes and then calls these; they trust their arguments. Every
+// array is row-major; shapes are in each function's comment.
+#ifndef PDSERVE_KERNELS_CPU_CPU_KERNELS_H_
+#define PDSERVE_KERNELS_CPU_CPU_KERNELS_H_
+
+#include <cstdint>
+
+#include "shared/backend.h"
+
+namespace pdserve::cpu {
+
+// out[i, :] = table[ids[i], :]. table: [vocab, hidden]; ids: [n]; out: [n, hidden].
+void Embedding(const float* table, const int32_t* ids, int n, int hidden, float* out);
+
+// out = x · wᵀ (+ out when accumulate) through OpenBLAS. x: [m, k]; w: [n, k];
+// out: [m, n].
+void MatMul(const float* x, const float* w, int m, int n, int k, float* out, bool accumulate);
+
+// out[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) * weight (HF LlamaRMSNorm).
+// x, out: [m, d], may alias; weight: [d].
+void RmsNorm(const float* x, const float* weight, int m, int d, float eps, float* out);
+
+// qkv: [n, (h + 2*kvh) * hd] -> q: [n, h*hd], k, v: [n, kvh*hd].
+void SplitQkv(const float* qkv, int n, int num_heads, int num_kv_heads, int head_dim, float* q,
+              float* k, float* v);
+
+// In-place HF rotate_half RoPE: for each head and i < hd/2, the pair
+// (x[i], x[i + hd/2]) turns by positions[t] * theta^(-2i/hd) radians. The
+// angle is computed in double so long contexts keep full float32 accuracy.
+// q: [n, num_heads, hd]; k: [n, num_kv_heads, hd]; positions: [n].
+void Rope(float* q, float* k, const int32_t* positions, int n, int num_heads, int num_kv_heads,
+          int head_dim, float theta);
+
+// out[i, j] = silu(gate_up[i, j]) * gate_up[i, f + j]. gate_up: [m, 2f]; out: [m, f].
+void SiluMul(const float* gate_up, int m, int f, float* out);
+
+// Causal grouped-query attention over contiguous K/V (see
+// Backend::PrefillAttention). q, out: [n, h, hd]; k, v: [t, kvh, hd].
+void PrefillAttention(const float* q, const float* k, const float* v,
+                      const PrefillAttentionParams& params, float* out);
+
+// One query per sequence over a paged cache (see Backend::PagedAttention).
+// q, out: [b, h, hd]; k_cache, v_cache: [slots, kvh*hd]; block_tables:
+// [b, max_blocks_per_seq]; context_lens: [b].
+void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
+                    const int32_t* block_tables, const int32_t* context_lens,
+                    const PagedAttentionParams& params, float* out);
+
+}  // namespace pdserve::cpu
+
+#endif  // PDSERVE_KERNELS_CPU_CPU_KERNELS_H_
