@@ -1,0 +1,155 @@
+#include "shared/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace pdserve {
+
+absl::Status ValidateSamplingParams(const SamplingParams& params) {
+  if (!std::isfinite(params.temperature) || params.temperature < 0.0f) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.temperature: ", params.temperature,
+                                                   " must be finite and >= 0 (0 means greedy)"));
+  }
+  if (params.top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k: ", params.top_k, " must be >= 0 (0 means off)"));
+  }
+  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) {  // also rejects NaN
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_p: ", params.top_p, " must be in (0, 1] (1 means off)"));
+  }
+  if (!std::isfinite(params.repetition_penalty) || params.repetition_penalty <= 0.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.repetition_penalty: ", params.repetition_penalty,
+                     " must be finite and > 0 (1 means off)"));
+  }
+  return absl::OkStatus();
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+
+namespace {
+
+// CTRL's penalty (Keskar et al. 2019) as Hugging Face's
+// RepetitionPenaltyLogitsProcessor applies it: every distinct id seen so far
+// has its logit divided by the penalty when positive and multiplied when
+// negative, so the penalty always lowers the token's probability.
+void ApplyRepetitionPenalty(std::vector<float>& scores, std::span<const int32_t> history,
+                            float penalty) {
+  std::vector<bool> seen(scores.size(), false);
+  for (int32_t id : history) {
+    if (id < 0 || static_cast<size_t>(id) >= scores.size() || seen[id]) continue;
+    seen[id] = true;
+    float& score = scores[id];
+    score = score < 0.0f ? score * penalty : score / penalty;
+  }
+}
+
+int32_t ArgMax(const std::vector<float>& scores) {
+  int32_t best = 0;
+  for (size_t i = 1; i < scores.size(); ++i) {
+    if (scores[i] > scores[best]) best = static_cast<int32_t>(i);  // first wins ties
+  }
+  return best;
+}
+
+struct Candidate {
+  float score;   // logit after the repetition penalty
+  int32_t id;
+  float weight;  // exp((score - max) / temperature), an unnormalised probability
+};
+
+// The total order every step uses: descending score, ties by ascending id.
+bool Higher(const Candidate& a, const Candidate& b) {
+  return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+
+// Nucleus sampling (Holtzman et al. 2019) as Hugging Face's TopPLogitsWarper
+// does it: keep every token whose more likely tokens hold less than `target`
+// (top_p times the total weight), i.e. the shortest prefix in Higher order
+// whose mass reaches it; at least one. Rearranges candidates[0, kept) so
+// those tokens come first (in no particular order) and returns their count.
+// A quickselect on mass, expected O(kept): sorting a 32k vocabulary for
+// every token would cost more than the rest of sampling together.
+size_t SelectNucleus(std::vector<Candidate>& candidates, size_t kept, double target) {
+  size_t lo = 0, hi = kept;  // the boundary token is in [lo, hi)
+  double before = 0.0;       // mass of candidates[0, lo), all Higher than [lo, hi)
+  while (lo < hi) {
+    // Partition [lo, hi) around the middle element, placed at `mid`.
+    std::swap(candidates[lo + (hi - lo) / 2], candidates[hi - 1]);
+    const Candidate pivot = candidates[hi - 1];
+    const auto mid_it =
+        std::partition(candidates.begin() + lo, candidates.begin() + hi - 1,
+                       [&pivot](const Candidate& c) { return Higher(c, pivot); });
+    std::swap(*mid_it, candidates[hi - 1]);
+    const size_t mid = mid_it - candidates.begin();
+    double higher_mass = 0.0;
+    for (size_t i = lo; i < mid; ++i) higher_mass += candidates[i].weight;
+    if (before + higher_mass >= target) {
+      hi = mid;  // the boundary is among the higher ones
+    } else if (before + higher_mass + pivot.weight >= target) {
+      return mid + 1;
+    } else {
+      before += higher_mass + pivot.weight;
+      lo = mid + 1;
+    }
+  }
+  return std::max<size_t>(lo, 1);  // rounding left the mass just short: keep all
+}
+
+}  // namespace
+
+int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> history) {
+  std::vector<float> scores(logits.begin(), logits.end());
+  if (scores.empty()) return 0;
+  if (params_.repetition_penalty != 1.0f) {
+    ApplyRepetitionPenalty(scores, history, params_.repetition_penalty);
+  }
+  if (params_.temperature == 0.0f) return ArgMax(scores);
+
+  std::vector<Candidate> candidates(scores.size());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    candidates[i] = {scores[i], static_cast<int32_t>(i), 0.0f};
+  }
+  // Top-k keeps exactly k tokens (ties broken by id), so top_k = 1 is greedy.
+  size_t kept = candidates.size();
+  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < kept) {
+    kept = params_.top_k;
+    std::nth_element(candidates.begin(), candidates.begin() + kept - 1, candidates.end(), Higher);
+  }
+
+  // Unnormalised softmax of scores / temperature.
+  float max_score = -INFINITY;
+  for (size_t i = 0; i < kept; ++i) max_score = std::max(max_score, candidates[i].score);
+  const float inv_temperature = 1.0f / params_.temperature;
+  double total = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    Candidate& c = candidates[i];
+    c.weight = std::exp((c.score - max_score) * inv_temperature);
+    total += c.weight;
+  }
+  if (!(total > 0.0) || !std::isfinite(total)) return ArgMax(scores);  // all -inf or NaN
+
+  if (params_.top_p < 1.0f) {
+    kept = SelectNucleus(candidates, kept, params_.top_p * total);
+    total = 0.0;
+    for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
+  }
+
+  // Inverse-CDF draw. u is built from the raw 64-bit stream (53 bits) rather
+  // than std::uniform_real_distribution, whose algorithm the standard leaves
+  // open, so a seed gives the same tokens with any standard library.
+  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
+  double cumulative = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    cumulative += candidates[i].weight;
+    if (u < cumulative) return candidates[i].id;
+  }
+  return candidates[kept - 1].id;
+}
+
+}  // namespace pdserve

@@ -1,0 +1,215 @@
+#include "shared/kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+
+namespace pdserve {
+namespace {
+
+class KvCacheTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<KvCache> MakeCache(int num_blocks, int block_size) {
+    KvCacheOptions options;
+    options.num_blocks = num_blocks;
+    options.block_size = block_size;
+    options.num_layers = kLayers;
+    options.num_kv_heads = kKvHeads;
+    options.head_dim = kHeadDim;
+    auto cache = KvCache::Create(backend_.get(), options);
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    return std::move(*cache);
+  }
+
+  static constexpr int kLayers = 3, kKvHeads = 2, kHeadDim = 5, kWidth = kKvHeads * kHeadDim;
+  std::unique_ptr<Backend> backend_ = CreateCpuBackend();
+};
+
+TEST_F(KvCacheTest, CreateRejectsNonPositiveSizes) {
+  const KvCacheOptions valid{8, 16, 2, 2, 4};
+  for (int field = 0; field < 5; ++field) {
+    KvCacheOptions options = valid;
+    int* values[] = {&options.num_blocks, &options.block_size, &options.num_layers,
+                     &options.num_kv_heads, &options.head_dim};
+    *values[field] = field % 2 == 0 ? 0 : -3;
+    auto cache = KvCache::Create(backend_.get(), options);
+    EXPECT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument) << field;
+  }
+  EXPECT_TRUE(KvCache::Create(backend_.get(), valid).ok());
+}
+
+TEST_F(KvCacheTest, CreateTooLargeIsResourceExhausted) {
+  KvCacheOptions options{1 << 30, 1, 1, 1 << 15, 1 << 14};  // 2^59 elements per buffer
+  auto cache = KvCache::Create(backend_.get(), options);
+  EXPECT_EQ(cache.status().code(), absl::StatusCode::kResourceExhausted) << cache.status();
+}
+
+TEST_F(KvCacheTest, AllocateReserveAndFreeOnDestruction) {
+  auto cache = MakeCache(10, 4);
+  EXPECT_EQ(cache->num_free_blocks(), 10);
+  EXPECT_EQ(cache->bytes_per_token(), 2u * kLayers * kWidth * sizeof(float));
+  {
+    auto a = cache->Allocate(5);  // 2 blocks
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ((*a)->capacity(), 8);
+    EXPECT_EQ((*a)->block_table().size(), 2u);
+    EXPECT_EQ(cache->num_free_blocks(), 8);
+
+    auto b = cache->Allocate(0);  // an empty lease that grows later
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ((*b)->capacity(), 0);
+    ASSERT_TRUE((*b)->Reserve(4).ok());
+    EXPECT_EQ((*b)->capacity(), 4);
+    ASSERT_TRUE((*b)->Reserve(9).ok());
+    EXPECT_EQ((*b)->capacity(), 12);
+    ASSERT_TRUE((*b)->Reserve(3).ok());  // never shrinks
+    EXPECT_EQ((*b)->capacity(), 12);
+    EXPECT_EQ(cache->num_free_blocks(), 5);
+
+    // No block is leased twice, and slots follow the tables.
+    std::set<int32_t> used;
+    for (const auto* lease : {a->get(), b->get()}) {
+      for (int32_t block : lease->block_table()) {
+        EXPECT_TRUE(block >= 0 && block < 10);
+        EXPECT_TRUE(used.insert(block).second) << "block " << block << " leased twice";
+      }
+      for (int position = 0; position < lease->capacity(); ++position) {
+        EXPECT_EQ(lease->Slot(position), lease->block_table()[position / 4] * 4 + position % 4);
+      }
+    }
+  }
+  EXPECT_EQ(cache->num_free_blocks(), 10);
+}
+
+TEST_F(KvCacheTest, ExhaustionLeavesCountsAndLeasesUnchanged) {
+  auto cache = MakeCache(6, 16);
+  auto a = cache->Allocate(64);  // 4 blocks
+  ASSERT_TRUE(a.ok());
+  const std::vector<int32_t> table = (*a)->block_table();
+
+  auto too_many = cache->Allocate(33);  // 3 blocks, 2 free
+  ASSERT_EQ(too_many.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string message(too_many.status().message());
+  EXPECT_NE(message.find("3 more blocks"), std::string::npos) << message;
+  EXPECT_NE(message.find("only 2 of 6"), std::string::npos) << message;
+  EXPECT_EQ(cache->num_free_blocks(), 2);
+
+  EXPECT_EQ((*a)->Reserve(64 + 48).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*a)->block_table(), table);
+  EXPECT_EQ(cache->num_free_blocks(), 2);
+
+  EXPECT_EQ(cache->Allocate(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->num_free_blocks(), 2);
+
+  a->reset();
+  EXPECT_EQ(cache->num_free_blocks(), 6);
+  EXPECT_TRUE(cache->Allocate(96).ok());  // all 6 blocks, freed again at once
+  EXPECT_EQ(cache->num_free_blocks(), 6);
+}
+
+TEST_F(KvCacheTest, WriteReadRoundTripAcrossBlocks) {
+  for (int block_size : {1, 4, 16}) {
+    SCOPED_TRACE(block_size);
+    auto cache = MakeCache(64, block_size);
+    auto first = cache->Allocate(37);
+    auto second = cache->Allocate(21);
+    ASSERT_TRUE(first.ok() && second.ok());
+    std::mt19937 rng(block_size);
+    std::uniform_real_distribution<float> uniform(-1, 1);
+    auto random = [&](size_t n) {
+      std::vector<float> values(n);
+      for (float& x : values) x = uniform(rng);
+      return values;
+    };
+    // Whole sequences in every layer, then a mid-block range in bf16.
+    std::vector<std::vector<float>> k1, v1, k2, v2;
+    for (int layer = 0; layer < kLayers; ++layer) {
+      k1.push_back(random(37 * kWidth));
+      v1.push_back(random(37 * kWidth));
+      k2.push_back(random(21 * kWidth));
+      v2.push_back(random(21 * kWidth));
+      ASSERT_TRUE(
+          cache->WriteTokens(**first, layer, 0, 37, k1[layer].data(), v1[layer].data(), DType::kF32)
+              .ok());
+      ASSERT_TRUE(
+          cache
+              ->WriteTokens(**second, layer, 0, 21, k2[layer].data(), v2[layer].data(), DType::kF32)
+              .ok());
+    }
+    std::vector<float> k_patch = random(9 * kWidth), v_patch = random(9 * kWidth);
+    std::vector<uint16_t> k_bf16(k_patch.size()), v_bf16(v_patch.size());
+    for (size_t i = 0; i < k_patch.size(); ++i) {
+      k_bf16[i] = FloatToBf16(k_patch[i]);
+      v_bf16[i] = FloatToBf16(v_patch[i]);
+      k_patch[i] = Bf16ToFloat(k_bf16[i]);
+      v_patch[i] = Bf16ToFloat(v_bf16[i]);
+    }
+    ASSERT_TRUE(
+        cache->WriteTokens(**first, 1, 3, 9, k_bf16.data(), v_bf16.data(), DType::kBF16).ok());
+    std::copy(k_patch.begin(), k_patch.end(), k1[1].begin() + 3 * kWidth);
+    std::copy(v_patch.begin(), v_patch.end(), v1[1].begin() + 3 * kWidth);
+
+    for (int layer = 0; layer < kLayers; ++layer) {
+      std::vector<float> k(37 * kWidth), v(37 * kWidth);
+      ASSERT_TRUE(cache->ReadTokens(**first, layer, 0, 37, k.data(), v.data()).ok());
+      EXPECT_EQ(k, k1[layer]) << layer;
+      EXPECT_EQ(v, v1[layer]) << layer;
+      ASSERT_TRUE(cache->ReadTokens(**second, layer, 0, 21, k.data(), v.data()).ok());
+      k.resize(21 * kWidth);
+      v.resize(21 * kWidth);
+      EXPECT_EQ(k, k2[layer]) << layer;
+      EXPECT_EQ(v, v2[layer]) << layer;
+    }
+    // A sub-range reads the matching rows.
+    std::vector<float> k(5 * kWidth), v(5 * kWidth);
+    ASSERT_TRUE(cache->ReadTokens(**first, 2, 30, 5, k.data(), v.data()).ok());
+    EXPECT_TRUE(std::equal(k.begin(), k.end(), k1[2].begin() + 30 * kWidth));
+  }
+}
+
+TEST_F(KvCacheTest, WriteAndReadRejectBadRanges) {
+  auto cache = MakeCache(8, 4);
+  auto lease = cache->Allocate(6);  // capacity 8
+  ASSERT_TRUE(lease.ok());
+  std::vector<float> data(10 * kWidth);
+  const auto invalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(cache->WriteTokens(**lease, 0, 4, 5, data.data(), data.data(), DType::kF32).code(),
+            invalid);
+  EXPECT_EQ(cache->WriteTokens(**lease, 0, -1, 2, data.data(), data.data(), DType::kF32).code(),
+            invalid);
+  EXPECT_EQ(
+      cache->WriteTokens(**lease, kLayers, 0, 2, data.data(), data.data(), DType::kF32).code(),
+      invalid);
+  EXPECT_EQ(cache->WriteTokens(**lease, -1, 0, 2, data.data(), data.data(), DType::kF32).code(),
+            invalid);
+  EXPECT_EQ(cache->WriteTokens(**lease, 0, 0, 2, data.data(), data.data(), DType::kI32).code(),
+            invalid);
+  EXPECT_EQ(cache->ReadTokens(**lease, 0, 7, 2, data.data(), data.data()).code(), invalid);
+  EXPECT_TRUE(cache->WriteTokens(**lease, 0, 0, 8, data.data(), data.data(), DType::kF32).ok());
+  EXPECT_EQ(cache->num_free_blocks(), 6);
+}
+
+TEST_F(KvCacheTest, ConcurrentLeasesReturnEveryBlock) {
+  auto cache = MakeCache(32, 16);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&cache, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < 500; ++i) {
+        auto lease = cache->Allocate(static_cast<int>(rng() % 100));
+        if (lease.ok()) (void)(*lease)->Reserve(static_cast<int>(rng() % 200));
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(cache->num_free_blocks(), 32);
+}
+
+}  // namespace
+}  // namespace pdserve
