@@ -1,0 +1,766 @@
+// CudaBackend: device buffers, argument checks, and dispatch to cuBLAS and
+// to the kernels of this directory (each behind one Invoke<Name> function).
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/causal_attention.h"
+#include "kernels/cuda/convert.h"
+#include "kernels/cuda/element_type.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/kv_gather.h"
+#include "kernels/cuda/kv_scatter.h"
+#include "kernels/cuda/paged_decode_attention.h"
+#include "kernels/cuda/random_fill.h"
+#include "kernels/cuda/rms_norm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/silu_mul.h"
+#include "kernels/cuda/split_qkv.h"
+
+namespace pdserve {
+namespace {
+
+// Backend ops have no error channel: a bad argument is a bug in the caller
+// (backend.h), so it aborts naming the op and the condition.
+[[noreturn]] void Die(const char* file, int line, const char* condition, const char* what) {
+  std::fprintf(stderr, "%s:%d: CudaBackend check failed: %s (%s)\n", file, line, condition, what);
+  std::abort();
+}
+
+#define PDSERVE_CUDA_CHECK(condition, what) \
+  do {                                      \
+    if (!(condition)) Die(__FILE__, __LINE__, #condition, what); \
+  } while (0)
+
+// A kernel's own parameter check, failing the same way.
+#define PDSERVE_CUDA_CHECK_PARAMS(params)                                            \
+  do {                                                                               \
+    if (const char* why = (params).Validate()) Die(__FILE__, __LINE__, "Validate()", why); \
+  } while (0)
+
+bool IsFloat(DType dtype) { return dtype != DType::kI32; }
+
+gpu::ElementType ToElementType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return gpu::ElementType::kF32;
+    case DType::kBF16:
+      return gpu::ElementType::kBF16;
+    case DType::kF16:
+      return gpu::ElementType::kF16;
+    case DType::kI32:
+      break;
+  }
+  Die(__FILE__, __LINE__, "IsFloat(dtype)", "a float tensor was expected, got I32");
+}
+
+// Debian's Abseil has its own absl::string_view, which StrCat takes and
+// std::string_view does not convert to.
+std::string Name(DType dtype) { return std::string(DTypeName(dtype)); }
+
+size_t Product(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
+
+const char* CublasStatusName(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default:
+      return "cublasStatus_t (other)";
+  }
+}
+
+// Device memory from cudaMalloc, freed when the buffer is destroyed. Freeing
+// needs no Backend, so buffers may outlive the backend that made them.
+class CudaBuffer final : public DeviceBuffer {
+ public:
+  CudaBuffer(size_t num_elements, DType dtype, void* data)
+      : DeviceBuffer(num_elements, dtype), data_(data) {}
+  ~CudaBuffer() override {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+  void* data() override { return data_; }
+  const void* data() const override { return data_; }
+
+ private:
+  void* data_;
+};
+
+// Device scratch that grows on demand and is freed with its owner.
+class DeviceScratch {
+ public:
+  DeviceScratch() = default;
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  ~DeviceScratch() {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+
+  // At least `bytes` of scratch. Work queued on `stream` may still read the
+  // old allocation, so the stream is drained before it is replaced.
+  cudaError_t Reserve(size_t bytes, cudaStream_t stream, void** out) {
+    if (bytes > bytes_) {
+      if (data_ != nullptr) {
+        const cudaError_t drained = cudaStreamSynchronize(stream);
+        if (drained != cudaSuccess) return drained;
+        cudaFree(data_);
+        data_ = nullptr;
+        bytes_ = 0;
+      }
+      const cudaError_t allocated = cudaMalloc(&data_, bytes);
+      if (allocated != cudaSuccess) {
+        data_ = nullptr;
+        return allocated;
+      }
+      bytes_ = bytes;
+    }
+    *out = data_;
+    return cudaSuccess;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// The CUDA backend.
+//
+// Storage formats:
+//  * weights: bfloat16, whatever the checkpoint's dtype (F32 and F16
+//    checkpoints are converted at upload, on the device). bf16 halves the
+//    bytes that memory-bound decode GEMVs must stream, relative to float32,
+//    and is what cuBLAS's bf16 tensor-core GEMMs read.
+//  * activations: float32. The residual stream, RMSNorm, RoPE and softmax
+//    stay at the CPU reference's precision, so the parity tests measure
+//    kernel error rather than storage rounding, and `accumulate` adds the
+//    o_proj/down_proj output to the residual in float32 inside the GEMM
+//    epilogue. The price is one conversion pass (x -> bf16) before each GEMM,
+//    which is small next to the weight bytes at decode and to the GEMM
+//    arithmetic at prefill.
+//  * KV cache: bfloat16 (kv_dtype), half the bytes of float32 for the decode
+//    attention that streams it every step and for the prefill->decode
+//    transfer.
+//
+// Linear layers: cublasGemmEx, bf16 x bf16 with float32 accumulation
+// (CUBLAS_COMPUTE_32F), float32 (or bf16) output.
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
+    if (CudaDeviceCount() == 0) {
+      return absl::UnavailableError("cuda backend: no CUDA device is present (or the driver failed)");
+    }
+    cudaError_t status = cudaSetDevice(0);
+    if (status != cudaSuccess) {
+      return absl::UnavailableError(
+          absl::StrCat("cuda backend: cudaSetDevice(0): ", cudaGetErrorString(status)));
+    }
+    cudaStream_t stream = nullptr;
+    status = cudaStreamCreate(&stream);
+    if (status != cudaSuccess) {
+      return absl::InternalError(
+          absl::StrCat("cuda backend: cudaStreamCreate: ", cudaGetErrorString(status)));
+    }
+    cublasHandle_t cublas = nullptr;
+    cublasStatus_t blas_status = cublasCreate(&cublas);
+    if (blas_status == CUBLAS_STATUS_SUCCESS) blas_status = cublasSetStream(cublas, stream);
+    if (blas_status != CUBLAS_STATUS_SUCCESS) {
+      if (cublas != nullptr) cublasDestroy(cublas);
+      cudaStreamDestroy(stream);
+      return absl::InternalError(
+          absl::StrCat("cuda backend: cuBLAS set-up: ", CublasStatusName(blas_status)));
+    }
+    return std::unique_ptr<Backend>(new CudaBackend(options, stream, cublas));
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  DType activation_dtype() const override { return DType::kF32; }
+  DType kv_dtype() const override { return DType::kBF16; }
+
+  // ---- memory ---------------------------------------------------------------
+  absl::StatusOr<BufferPtr> Allocate(size_t num_elements, DType dtype) override {
+    const size_t element_size = DTypeSize(dtype);
+    if (num_elements > SIZE_MAX / element_size) {
+      return absl::ResourceExhaustedError(absl::StrCat("cuda Allocate: ", num_elements,
+                                                       " elements of ", Name(dtype),
+                                                       " overflow the address space"));
+    }
+    const size_t bytes = num_elements * element_size;
+    void* data = nullptr;
+    if (bytes > 0) {
+      const cudaError_t status = cudaMalloc(&data, bytes);
+      if (status != cudaSuccess) {
+        cudaGetLastError();  // an allocation failure is not sticky; clear it
+        const std::string message =
+            absl::StrCat("cuda Allocate: cudaMalloc of ", bytes, " bytes (", num_elements, " ",
+                         Name(dtype), "): ", cudaGetErrorString(status));
+        if (status == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
+        return absl::InternalError(message);
+      }
+    }
+    return std::make_unique<CudaBuffer>(num_elements, dtype, data);
+  }
+
+  absl::StatusOr<BufferPtr> UploadWeight(std::span<const HostTensor> row_blocks) override {
+    if (row_blocks.empty()) return absl::InvalidArgumentError("UploadWeight: no row blocks");
+    // A vector [n] is n rows of one column, so vectors concatenate too.
+    auto columns = [](const HostTensor& t) { return t.shape.size() >= 2 ? t.shape.back() : 1; };
+    const int64_t cols = columns(row_blocks[0]);
+    size_t total = 0;
+    for (const HostTensor& block : row_blocks) {
+      if (block.shape.empty() || block.shape.size() > 2) {
+        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " has rank ",
+                                                       block.shape.size(), ", expected 1 or 2"));
+      }
+      if (columns(block) != cols) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("UploadWeight: ", block.name, " has ", columns(block), " columns, but ",
+                         row_blocks[0].name, " has ", cols));
+      }
+      if (!IsFloat(block.dtype)) {
+        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name,
+                                                       " has dtype ", Name(block.dtype),
+                                                       ", expected F32, BF16 or F16"));
+      }
+      const size_t elements = static_cast<size_t>(block.num_elements());
+      if (!options_.synthetic_weights &&
+          (block.data == nullptr || block.num_bytes != elements * DTypeSize(block.dtype))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("UploadWeight: ", block.name, " holds ", block.num_bytes,
+                         " bytes, its shape needs ", elements * DTypeSize(block.dtype)));
+      }
+      total += elements;
+    }
+    auto buffer = Allocate(total, DType::kBF16);
+    if (!buffer.ok()) return buffer.status();
+    char* dst = static_cast<char*>((*buffer)->data());
+    for (const HostTensor& block : row_blocks) {
+      const size_t elements = static_cast<size_t>(block.num_elements());
+      absl::Status status;
+      if (options_.synthetic_weights) {
+        status = FillSynthetic(block, dst, elements);
+      } else {
+        status = HostToDevice(block.data, block.dtype, elements, dst, DType::kBF16, block.name);
+      }
+      if (!status.ok()) return status;
+      dst += elements * DTypeSize(DType::kBF16);
+      ++uploads_;
+    }
+    return buffer;
+  }
+
+  absl::Status CopyToDevice(const void* src, DType src_dtype, size_t n, DeviceBuffer& dst,
+                            size_t dst_offset) override {
+    if (absl::Status range = CheckRange(dst, dst_offset, n, "CopyToDevice dst"); !range.ok()) {
+      return range;
+    }
+    if (n == 0) return absl::OkStatus();
+    char* base = static_cast<char*>(dst.data()) + dst_offset * DTypeSize(dst.dtype());
+    return HostToDevice(src, src_dtype, n, base, dst.dtype(), "CopyToDevice");
+  }
+
+  absl::Status CopyToHost(const DeviceBuffer& src, size_t src_offset, size_t n, void* dst,
+                          DType dst_dtype) override {
+    if (absl::Status range = CheckRange(src, src_offset, n, "CopyToHost src"); !range.ok()) {
+      return range;
+    }
+    if (n == 0) return absl::OkStatus();
+    if (src.dtype() != dst_dtype && (!IsFloat(src.dtype()) || !IsFloat(dst_dtype))) {
+      return absl::InvalidArgumentError(absl::StrCat("CopyToHost: cannot convert ",
+                                                     Name(src.dtype()), " to ",
+                                                     Name(dst_dtype)));
+    }
+    // Results computed after a failed launch are garbage: report it here too
+    // (Synchronize still returns it).
+    if (!sticky_.ok()) return sticky_;
+    const char* base =
+        static_cast<const char*>(src.data()) + src_offset * DTypeSize(src.dtype());
+    char* out = static_cast<char*>(dst);
+    if (src.dtype() == dst_dtype) {
+      cudaError_t status =
+          cudaMemcpyAsync(out, base, n * DTypeSize(dst_dtype), cudaMemcpyDeviceToHost, stream_);
+      if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+      return Fail(status, "CopyToHost");
+    }
+    // Convert on the device into staging, then copy; chunked so staging
+    // stays bounded. Stream order keeps each chunk's copy after its
+    // conversion and the next conversion after that copy.
+    const size_t chunk = kStagingBytes / DTypeSize(dst_dtype);
+    void* staging = nullptr;
+    cudaError_t status = staging_.Reserve(std::min(n, chunk) * DTypeSize(dst_dtype), stream_,
+                                          &staging);
+    for (size_t done = 0; status == cudaSuccess && done < n; done += chunk) {
+      const size_t count = std::min(chunk, n - done);
+      gpu::ConvertParams convert;
+      convert.src = base + done * DTypeSize(src.dtype());
+      convert.src_type = ToElementType(src.dtype());
+      convert.dst = staging;
+      convert.dst_type = ToElementType(dst_dtype);
+      convert.n = count;
+      status = gpu::InvokeConvert(convert, stream_);
+      if (status == cudaSuccess) {
+        status = cudaMemcpyAsync(out + done * DTypeSize(dst_dtype), staging,
+                                 count * DTypeSize(dst_dtype), cudaMemcpyDeviceToHost, stream_);
+      }
+    }
+    if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+    return Fail(status, "CopyToHost");
+  }
+
+  absl::Status Synchronize() override {
+    Record(cudaStreamSynchronize(stream_), "Synchronize");
+    absl::Status status = std::move(sticky_);
+    sticky_ = absl::OkStatus();
+    return status;
+  }
+
+  // ---- ops --------------------------------------------------------------------
+  void Embedding(const DeviceBuffer& table, const DeviceBuffer& ids, int n, int hidden,
+                 DeviceBuffer& out) override {
+    PDSERVE_CUDA_CHECK(n >= 0 && hidden > 0, "Embedding sizes");
+    PDSERVE_CUDA_CHECK(table.num_elements() % hidden == 0, "Embedding table [vocab, hidden]");
+    CheckIds(ids, n, "Embedding ids [n]");
+    CheckFloat(out, Product(n, hidden), "Embedding out [n, hidden]");
+    gpu::EmbeddingParams params;
+    params.table = table.data();
+    params.table_type = ToElementType(table.dtype());
+    params.ids = static_cast<const int32_t*>(ids.data());
+    params.out = out.data();
+    params.out_type = ToElementType(out.dtype());
+    params.n = n;
+    params.hidden = hidden;
+    params.vocab = static_cast<int>(table.num_elements() / hidden);
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeEmbedding(params, stream_), "Embedding");
+  }
+
+  // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ seen by column-major cuBLAS: a
+  // row-major [r, c] array is a column-major [c, r] one, so out is the
+  // column-major n×m matrix outᶜ = w · xᵀ, where w (column-major k×n, lda k)
+  // enters transposed (OP_T) and x (column-major k×m, ldb k) as it is (OP_N).
+  void MatMul(const DeviceBuffer& x, const DeviceBuffer& w, int m, int n, int k, DeviceBuffer& out,
+              bool accumulate) override {
+    PDSERVE_CUDA_CHECK(m >= 0 && n > 0 && k > 0, "MatMul sizes");
+    PDSERVE_CUDA_CHECK(&x != &out, "MatMul out must not alias x");
+    PDSERVE_CUDA_CHECK(w.dtype() == DType::kBF16, "MatMul w must be a bf16 weight (UploadWeight)");
+    PDSERVE_CUDA_CHECK(w.num_elements() >= Product(n, k), "MatMul w [n, k]");
+    CheckFloat(x, Product(m, k), "MatMul x [m, k]");
+    CheckFloat(out, Product(m, n), "MatMul out [m, n]");
+    PDSERVE_CUDA_CHECK(out.dtype() != DType::kF16, "MatMul out must be F32 or BF16");
+    if (m == 0) return;
+    const void* x_bf16 = x.data();
+    if (x.dtype() != DType::kBF16) {
+      void* scratch = nullptr;
+      cudaError_t status =
+          gemm_input_.Reserve(Product(m, k) * DTypeSize(DType::kBF16), stream_, &scratch);
+      if (status == cudaSuccess) {
+        gpu::ConvertParams convert;
+        convert.src = x.data();
+        convert.src_type = ToElementType(x.dtype());
+        convert.dst = scratch;
+        convert.dst_type = gpu::ElementType::kBF16;
+        convert.n = Product(m, k);
+        status = gpu::InvokeConvert(convert, stream_);
+      }
+      if (status != cudaSuccess) {
+        Record(status, "MatMul input conversion");
+        return;
+      }
+      x_bf16 = scratch;
+    }
+    const float alpha = 1.0f;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    const cudaDataType_t out_type = out.dtype() == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cublasStatus_t status =
+        cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w.data(), CUDA_R_16BF, k,
+                     x_bf16, CUDA_R_16BF, k, &beta, out.data(), out_type, n, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS && sticky_.ok()) {
+      sticky_ = absl::InternalError(absl::StrCat("cuda MatMul: cublasGemmEx (m=", m, ", n=", n,
+                                                 ", k=", k, "): ", CublasStatusName(status)));
+    }
+  }
+
+  void RmsNorm(const DeviceBuffer& x, const DeviceBuffer& weight, int m, int d, float eps,
+               DeviceBuffer& out) override {
+    PDSERVE_CUDA_CHECK(m >= 0 && d > 0, "RmsNorm sizes");
+    CheckFloat(x, Product(m, d), "RmsNorm x [m, d]");
+    CheckFloat(weight, static_cast<size_t>(d), "RmsNorm weight [d]");
+    CheckFloat(out, Product(m, d), "RmsNorm out [m, d]");
+    gpu::RmsNormParams params;
+    params.x = x.data();
+    params.x_type = ToElementType(x.dtype());
+    params.weight = weight.data();
+    params.weight_type = ToElementType(weight.dtype());
+    params.out = out.data();
+    params.out_type = ToElementType(out.dtype());
+    params.m = m;
+    params.d = d;
+    params.eps = eps;
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeRmsNorm(params, stream_), "RmsNorm");
+  }
+
+  void SplitQkv(const DeviceBuffer& qkv, int n, int num_heads, int num_kv_heads, int head_dim,
+                DeviceBuffer& q, DeviceBuffer& k, DeviceBuffer& v) override {
+    PDSERVE_CUDA_CHECK(n >= 0 && num_heads > 0 && num_kv_heads > 0 && head_dim > 0,
+                       "SplitQkv sizes");
+    const size_t q_width = Product(num_heads, head_dim);
+    const size_t kv_width = Product(num_kv_heads, head_dim);
+    CheckFloat(qkv, static_cast<size_t>(n) * (q_width + 2 * kv_width), "SplitQkv qkv");
+    CheckFloat(q, static_cast<size_t>(n) * q_width, "SplitQkv q [n, h, hd]");
+    CheckFloat(k, static_cast<size_t>(n) * kv_width, "SplitQkv k [n, kvh, hd]");
+    CheckFloat(v, static_cast<size_t>(n) * kv_width, "SplitQkv v [n, kvh, hd]");
+    gpu::SplitQkvParams params;
+    params.qkv = qkv.data();
+    params.qkv_type = ToElementType(qkv.dtype());
+    params.q = q.data();
+    params.q_type = ToElementType(q.dtype());
+    params.k = k.data();
+    params.k_type = ToElementType(k.dtype());
+    params.v = v.data();
+    params.v_type = ToElementType(v.dtype());
+    params.n = n;
+    params.num_heads = num_heads;
+    params.num_kv_heads = num_kv_heads;
+    params.head_dim = head_dim;
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeSplitQkv(params, stream_), "SplitQkv");
+  }
+
+  void Rope(DeviceBuffer& q, DeviceBuffer& k, const DeviceBuffer& positions, int n, int num_heads,
+            int num_kv_heads, int head_dim, float theta) override {
+    PDSERVE_CUDA_CHECK(n >= 0 && num_heads > 0 && num_kv_heads > 0, "Rope sizes");
+    PDSERVE_CUDA_CHECK(head_dim > 0 && head_dim % 2 == 0, "Rope head_dim must be even");
+    CheckFloat(q, static_cast<size_t>(n) * Product(num_heads, head_dim), "Rope q [n, h, hd]");
+    CheckFloat(k, static_cast<size_t>(n) * Product(num_kv_heads, head_dim), "Rope k [n, kvh, hd]");
+    CheckIds(positions, n, "Rope positions [n]");
+    gpu::RopeParams params;
+    params.q = q.data();
+    params.q_type = ToElementType(q.dtype());
+    params.k = k.data();
+    params.k_type = ToElementType(k.dtype());
+    params.positions = static_cast<const int32_t*>(positions.data());
+    params.n = n;
+    params.num_heads = num_heads;
+    params.num_kv_heads = num_kv_heads;
+    params.head_dim = head_dim;
+    params.theta = theta;
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeRope(params, stream_), "Rope");
+  }
+
+  void SiluMul(const DeviceBuffer& gate_up, int m, int f, DeviceBuffer& out) override {
+    PDSERVE_CUDA_CHECK(m >= 0 && f > 0, "SiluMul sizes");
+    CheckFloat(gate_up, Product(m, 2 * f), "SiluMul gate_up [m, 2f]");
+    CheckFloat(out, Product(m, f), "SiluMul out [m, f]");
+    PDSERVE_CUDA_CHECK(&gate_up != &out, "SiluMul out must not alias gate_up");
+    gpu::SiluMulParams params;
+    params.gate_up = gate_up.data();
+    params.gate_up_type = ToElementType(gate_up.dtype());
+    params.out = out.data();
+    params.out_type = ToElementType(out.dtype());
+    params.m = m;
+    params.f = f;
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeSiluMul(params, stream_), "SiluMul");
+  }
+
+  void PrefillAttention(const DeviceBuffer& q, const DeviceBuffer& k, const DeviceBuffer& v,
+                        const PrefillAttentionParams& p, DeviceBuffer& out) override {
+    PDSERVE_CUDA_CHECK(p.num_queries >= 0 && p.num_queries <= p.num_keys,
+                       "PrefillAttention needs 0 <= num_queries <= num_keys");
+    PDSERVE_CUDA_CHECK(p.num_heads > 0 && p.num_kv_heads > 0 && p.head_dim > 0,
+                       "PrefillAttention sizes");
+    const size_t q_elements = static_cast<size_t>(p.num_queries) * Product(p.num_heads, p.head_dim);
+    const size_t kv_elements = static_cast<size_t>(p.num_keys) * Product(p.num_kv_heads, p.head_dim);
+    CheckFloat(q, q_elements, "PrefillAttention q [n, h, hd]");
+    CheckFloat(k, kv_elements, "PrefillAttention k [t, kvh, hd]");
+    CheckFloat(v, kv_elements, "PrefillAttention v [t, kvh, hd]");
+    PDSERVE_CUDA_CHECK(k.dtype() == v.dtype(), "PrefillAttention k and v dtypes differ");
+    CheckFloat(out, q_elements, "PrefillAttention out [n, h, hd]");
+    gpu::CausalAttentionParams params;
+    params.q = q.data();
+    params.q_type = ToElementType(q.dtype());
+    params.k = k.data();
+    params.v = v.data();
+    params.kv_type = ToElementType(k.dtype());
+    params.out = out.data();
+    params.out_type = ToElementType(out.dtype());
+    params.num_queries = p.num_queries;
+    params.num_keys = p.num_keys;
+    params.num_heads = p.num_heads;
+    params.num_kv_heads = p.num_kv_heads;
+    params.head_dim = p.head_dim;
+    params.scale = p.scale;
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeCausalAttention(params, stream_), "PrefillAttention");
+  }
+
+  void KvScatter(const DeviceBuffer& k, const DeviceBuffer& v, const DeviceBuffer& slot_mapping,
+                 int n, int kv_width, DeviceBuffer& k_cache, DeviceBuffer& v_cache) override {
+    PDSERVE_CUDA_CHECK(n >= 0 && kv_width > 0, "KvScatter sizes");
+    CheckFloat(k, Product(n, kv_width), "KvScatter k [n, kv_width]");
+    CheckFloat(v, Product(n, kv_width), "KvScatter v [n, kv_width]");
+    CheckIds(slot_mapping, n, "KvScatter slot_mapping [n]");
+    CheckCaches(k_cache, v_cache, kv_width, "KvScatter");
+    gpu::KvScatterParams params;
+    params.k = k.data();
+    params.k_type = ToElementType(k.dtype());
+    params.v = v.data();
+    params.v_type = ToElementType(v.dtype());
+    params.slot_mapping = static_cast<const int32_t*>(slot_mapping.data());
+    params.k_cache = k_cache.data();
+    params.v_cache = v_cache.data();
+    params.cache_type = ToElementType(k_cache.dtype());
+    params.n = n;
+    params.kv_width = kv_width;
+    params.num_slots = NumSlots(k_cache, kv_width);
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeKvScatter(params, stream_), "KvScatter");
+  }
+
+  void KvGather(const DeviceBuffer& k_cache, const DeviceBuffer& v_cache,
+                const DeviceBuffer& slot_mapping, int n, int kv_width, DeviceBuffer& k,
+                DeviceBuffer& v) override {
+    PDSERVE_CUDA_CHECK(n >= 0 && kv_width > 0, "KvGather sizes");
+    CheckCaches(k_cache, v_cache, kv_width, "KvGather");
+    CheckIds(slot_mapping, n, "KvGather slot_mapping [n]");
+    CheckFloat(k, Product(n, kv_width), "KvGather k [n, kv_width]");
+    CheckFloat(v, Product(n, kv_width), "KvGather v [n, kv_width]");
+    gpu::KvGatherParams params;
+    params.k_cache = k_cache.data();
+    params.v_cache = v_cache.data();
+    params.cache_type = ToElementType(k_cache.dtype());
+    params.slot_mapping = static_cast<const int32_t*>(slot_mapping.data());
+    params.k = k.data();
+    params.k_type = ToElementType(k.dtype());
+    params.v = v.data();
+    params.v_type = ToElementType(v.dtype());
+    params.n = n;
+    params.kv_width = kv_width;
+    params.num_slots = NumSlots(k_cache, kv_width);
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokeKvGather(params, stream_), "KvGather");
+  }
+
+  void PagedAttention(const DeviceBuffer& q, const DeviceBuffer& k_cache,
+                      const DeviceBuffer& v_cache, const DeviceBuffer& block_tables,
+                      const DeviceBuffer& context_lens, const PagedAttentionParams& p,
+                      DeviceBuffer& out) override {
+    PDSERVE_CUDA_CHECK(p.batch_size >= 0 && p.num_heads > 0 && p.num_kv_heads > 0 &&
+                           p.head_dim > 0 && p.block_size > 0 && p.max_blocks_per_seq > 0,
+                       "PagedAttention sizes");
+    const int kv_width = p.num_kv_heads * p.head_dim;
+    CheckCaches(k_cache, v_cache, kv_width, "PagedAttention");
+    PDSERVE_CUDA_CHECK(NumSlots(k_cache, kv_width) % p.block_size == 0,
+                       "PagedAttention cache [num_blocks * block_size, kvh * hd]");
+    const size_t q_elements = static_cast<size_t>(p.batch_size) * Product(p.num_heads, p.head_dim);
+    CheckFloat(q, q_elements, "PagedAttention q [b, h, hd]");
+    CheckFloat(out, q_elements, "PagedAttention out [b, h, hd]");
+    CheckIds(block_tables, static_cast<int>(Product(p.batch_size, p.max_blocks_per_seq)),
+             "PagedAttention block_tables [b, max_blocks_per_seq]");
+    CheckIds(context_lens, p.batch_size, "PagedAttention context_lens [b]");
+    gpu::PagedDecodeAttentionParams params;
+    params.q = q.data();
+    params.q_type = ToElementType(q.dtype());
+    params.k_cache = k_cache.data();
+    params.v_cache = v_cache.data();
+    params.cache_type = ToElementType(k_cache.dtype());
+    params.block_tables = static_cast<const int32_t*>(block_tables.data());
+    params.context_lens = static_cast<const int32_t*>(context_lens.data());
+    params.out = out.data();
+    params.out_type = ToElementType(out.dtype());
+    params.batch = p.batch_size;
+    params.num_heads = p.num_heads;
+    params.num_kv_heads = p.num_kv_heads;
+    params.head_dim = p.head_dim;
+    params.block_size = p.block_size;
+    params.max_blocks_per_seq = p.max_blocks_per_seq;
+    params.num_blocks = NumSlots(k_cache, kv_width) / p.block_size;
+    params.scale = p.scale;
+    PDSERVE_CUDA_CHECK_PARAMS(params);
+    Record(gpu::InvokePagedDecodeAttention(params, stream_), "PagedAttention");
+  }
+
+  void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
+                    size_t dst_offset, size_t n) override {
+    PDSERVE_CUDA_CHECK(src.dtype() == dst.dtype(), "CopyElements dtypes differ");
+    PDSERVE_CUDA_CHECK(CheckRange(src, src_offset, n, "src").ok(), "CopyElements src range");
+    PDSERVE_CUDA_CHECK(CheckRange(dst, dst_offset, n, "dst").ok(), "CopyElements dst range");
+    if (n == 0) return;
+    const size_t size = DTypeSize(src.dtype());
+    Record(cudaMemcpyAsync(static_cast<char*>(dst.data()) + dst_offset * size,
+                           static_cast<const char*>(src.data()) + src_offset * size, n * size,
+                           cudaMemcpyDeviceToDevice, stream_),
+           "CopyElements");
+  }
+
+ private:
+  // Staging for host<->device conversions: bounded, so converting a 15 GB
+  // float32 checkpoint needs no 15 GB of scratch.
+  static constexpr size_t kStagingBytes = size_t{32} << 20;
+
+  CudaBackend(const CudaBackendOptions& options, cudaStream_t stream, cublasHandle_t cublas)
+      : options_(options), stream_(stream), cublas_(cublas) {}
+
+  // Keeps the first failure for Synchronize.
+  void Record(cudaError_t status, const char* what) {
+    if (status == cudaSuccess || !sticky_.ok()) return;
+    sticky_ = absl::InternalError(absl::StrCat("cuda ", what, ": ", cudaGetErrorName(status), ": ",
+                                               cudaGetErrorString(status)));
+  }
+
+  // A failed copy is reported by the copy itself and kept for Synchronize.
+  absl::Status Fail(cudaError_t status, const char* what) {
+    if (status == cudaSuccess) return absl::OkStatus();
+    Record(status, what);
+    return absl::InternalError(absl::StrCat("cuda ", what, ": ", cudaGetErrorName(status), ": ",
+                                            cudaGetErrorString(status)));
+  }
+
+  static absl::Status CheckRange(const DeviceBuffer& buffer, size_t offset, size_t n,
+                                 const char* what) {
+    if (offset > buffer.num_elements() || n > buffer.num_elements() - offset) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": elements [", offset, ", ",
+                                                     offset + n, ") exceed the buffer's ",
+                                                     buffer.num_elements()));
+    }
+    return absl::OkStatus();
+  }
+
+  static void CheckFloat(const DeviceBuffer& buffer, size_t min_elements, const char* what) {
+    PDSERVE_CUDA_CHECK(IsFloat(buffer.dtype()), what);
+    PDSERVE_CUDA_CHECK(buffer.num_elements() >= min_elements, what);
+  }
+
+  static void CheckIds(const DeviceBuffer& buffer, int min_elements, const char* what) {
+    PDSERVE_CUDA_CHECK(buffer.dtype() == DType::kI32, what);
+    PDSERVE_CUDA_CHECK(buffer.num_elements() >= static_cast<size_t>(std::max(min_elements, 0)), what);
+  }
+
+  static void CheckCaches(const DeviceBuffer& k_cache, const DeviceBuffer& v_cache, int kv_width,
+                          const char* what) {
+    PDSERVE_CUDA_CHECK(IsFloat(k_cache.dtype()) && k_cache.dtype() == v_cache.dtype(), what);
+    PDSERVE_CUDA_CHECK(k_cache.num_elements() == v_cache.num_elements(), what);
+    PDSERVE_CUDA_CHECK(k_cache.num_elements() % static_cast<size_t>(kv_width) == 0, what);
+    PDSERVE_CUDA_CHECK(k_cache.num_elements() / kv_width <= static_cast<size_t>(INT32_MAX), what);
+  }
+
+  static int NumSlots(const DeviceBuffer& cache, int kv_width) {
+    return static_cast<int>(cache.num_elements() / static_cast<size_t>(kv_width));
+  }
+
+  // Copies n elements from host `src` to device `dst`, converting on the
+  // device when the dtypes differ. Returns once `src` may be reused.
+  absl::Status HostToDevice(const void* src, DType src_dtype, size_t n, void* dst,
+                            DType dst_dtype, const std::string& what) {
+    if (src_dtype != dst_dtype && (!IsFloat(src_dtype) || !IsFloat(dst_dtype))) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": cannot convert ",
+                                                     Name(src_dtype), " to ",
+                                                     Name(dst_dtype)));
+    }
+    const char* in = static_cast<const char*>(src);
+    char* out = static_cast<char*>(dst);
+    if (src_dtype == dst_dtype) {
+      cudaError_t status =
+          cudaMemcpyAsync(out, in, n * DTypeSize(src_dtype), cudaMemcpyHostToDevice, stream_);
+      if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+      return Fail(status, what.c_str());
+    }
+    const size_t chunk = kStagingBytes / DTypeSize(src_dtype);
+    void* staging = nullptr;
+    cudaError_t status =
+        staging_.Reserve(std::min(n, chunk) * DTypeSize(src_dtype), stream_, &staging);
+    for (size_t done = 0; status == cudaSuccess && done < n; done += chunk) {
+      const size_t count = std::min(chunk, n - done);
+      status = cudaMemcpyAsync(staging, in + done * DTypeSize(src_dtype),
+                               count * DTypeSize(src_dtype), cudaMemcpyHostToDevice, stream_);
+      if (status != cudaSuccess) break;
+      gpu::ConvertParams convert;
+      convert.src = staging;
+      convert.src_type = ToElementType(src_dtype);
+      convert.dst = out + done * DTypeSize(dst_dtype);
+      convert.dst_type = ToElementType(dst_dtype);
+      convert.n = count;
+      status = gpu::InvokeConvert(convert, stream_);
+    }
+    // Also makes `src` reusable when it is page-locked memory, which the
+    // copies above read asynchronously.
+    if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+    return Fail(status, what.c_str());
+  }
+
+  // Synthetic weights (CudaBackendOptions::synthetic_weights).
+  absl::Status FillSynthetic(const HostTensor& block, void* dst, size_t elements) {
+    gpu::RandomFillParams params;
+    params.out = dst;
+    params.out_type = gpu::ElementType::kBF16;
+    params.n = elements;
+    params.seed = options_.synthetic_seed * 0x100000001b3ull + uploads_;
+    if (block.shape.size() == 1) {
+      params.center = 1.0f;
+      params.scale = 0.1f;
+    } else {
+      // Uniform on [-a, a] has variance a²/3: a = sqrt(3 / cols) keeps each
+      // output of x·wᵀ at the variance of x's elements.
+      params.center = 0.0f;
+      params.scale = std::sqrt(3.0f / static_cast<float>(block.shape.back()));
+    }
+    return Fail(gpu::InvokeRandomFill(params, stream_), "UploadWeight synthetic fill");
+  }
+
+  CudaBackendOptions options_;
+  cudaStream_t stream_;
+  cublasHandle_t cublas_;
+  absl::Status sticky_;      // first device failure since the last Synchronize
+  DeviceScratch staging_;    // host<->device conversions
+  DeviceScratch gemm_input_;  // bf16 copy of a float32 GEMM input
+  uint64_t uploads_ = 0;     // weight row blocks uploaded so far (synthetic seeds)
+};
+
+}  // namespace
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear it: "no device" is an answer, not a failure
+    return 0;
+  }
+  return count;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend() {
+  return CudaBackend::Create(CudaBackendOptions{});
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+  return CudaBackend::Create(options);
+}
+
+}  // namespace pdserve
