@@ -25,6 +25,7 @@
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/silu_mul.h"
 #include "kernels/cuda/split_qkv.h"
+#include "shared/weight_row_blocks.h"
 
 namespace pdserve {
 namespace {
@@ -227,36 +228,10 @@ class CudaBackend final : public Backend {
   }
 
   absl::StatusOr<BufferPtr> UploadWeight(std::span<const HostTensor> row_blocks) override {
-    if (row_blocks.empty()) return absl::InvalidArgumentError("UploadWeight: no row blocks");
-    // A vector [n] is n rows of one column, so vectors concatenate too.
-    auto columns = [](const HostTensor& t) { return t.shape.size() >= 2 ? t.shape.back() : 1; };
-    const int64_t cols = columns(row_blocks[0]);
-    size_t total = 0;
-    for (const HostTensor& block : row_blocks) {
-      if (block.shape.empty() || block.shape.size() > 2) {
-        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " has rank ",
-                                                       block.shape.size(), ", expected 1 or 2"));
-      }
-      if (columns(block) != cols) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("UploadWeight: ", block.name, " has ", columns(block), " columns, but ",
-                         row_blocks[0].name, " has ", cols));
-      }
-      if (!IsFloat(block.dtype)) {
-        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name,
-                                                       " has dtype ", Name(block.dtype),
-                                                       ", expected F32, BF16 or F16"));
-      }
-      const size_t elements = static_cast<size_t>(block.num_elements());
-      if (!options_.synthetic_weights &&
-          (block.data == nullptr || block.num_bytes != elements * DTypeSize(block.dtype))) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("UploadWeight: ", block.name, " holds ", block.num_bytes,
-                         " bytes, its shape needs ", elements * DTypeSize(block.dtype)));
-      }
-      total += elements;
-    }
-    auto buffer = Allocate(total, DType::kBF16);
+    absl::StatusOr<size_t> total =
+        CheckWeightRowBlocks(row_blocks, /*require_data=*/!options_.synthetic_weights);
+    if (!total.ok()) return total.status();
+    auto buffer = Allocate(*total, DType::kBF16);
     if (!buffer.ok()) return buffer.status();
     char* dst = static_cast<char*>((*buffer)->data());
     for (const HostTensor& block : row_blocks) {
