@@ -1,0 +1,251 @@
+#include "decode_service/decode_server.h"
+
+#include <chrono>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <utility>
+
+#include <glog/logging.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_cat.h"
+#include "proto/convert/convert.h"
+
+namespace pdserve {
+namespace {
+
+v1::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kEos:
+      return v1::FINISH_REASON_EOS;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+uint64_t RandomSeed() {
+  std::random_device device;
+  return (static_cast<uint64_t>(device()) << 32) ^ device();
+}
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+// One Generate stream. The engine produces tokens at its own pace; they queue
+// here and go out one write at a time. Invariants (under mu_): at most one
+// write in flight; Finish is called exactly once, only after the engine's
+// terminal call and with no write in flight; so OnDone, which deletes the
+// reactor, comes after the engine has let go of it.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+                              public GenerationObserver {
+ public:
+  GenerateReactor(Engine* engine, const Tokenizer* tokenizer)
+      : engine_(engine), tokenizer_(tokenizer) {}
+
+  // Runs in DecodeServer::Generate, before gRPC has bound the reactor; the
+  // reactor's Start* calls made meanwhile are replayed when it binds.
+  void Begin(absl::StatusOr<GenerationRequest> request) {
+    if (!request.ok()) {
+      FinishWithoutEngine(request.status());
+      return;
+    }
+    request_id_ = request->request_id;
+    detokenizer_.emplace(tokenizer_, request->prompt);
+    absl::StatusOr<Engine::RequestId> id = engine_->Submit(std::move(request).value(), this);
+    if (!id.ok()) {
+      FinishWithoutEngine(id.status());
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    id_ = *id;
+  }
+
+  // ---- GenerationObserver (engine thread or the thread ending the request).
+  void OnToken(const TokenEvent& event) override {
+    v1::GenerateResponse response;
+    response.set_token_id(event.token_id);
+    response.set_index(event.index);
+    std::string text = event.is_eos ? std::string() : detokenizer_->Push(event.token_id);
+    if (event.finish.has_value()) {
+      text += detokenizer_->Flush();
+      const GenerationSummary& summary = *event.finish;
+      response.set_finish_reason(ToProto(summary.reason));
+      response.mutable_usage()->set_prompt_tokens(summary.prompt_tokens);
+      response.mutable_usage()->set_generated_tokens(summary.generated_tokens);
+      v1::Timings* timings = response.mutable_timings();
+      timings->set_queue_ms(summary.timings.queue_ms);
+      timings->set_prefill_ms(summary.timings.prefill_ms);
+      timings->set_ttft_ms(summary.timings.ttft_ms);
+      timings->set_decode_ms(summary.timings.decode_ms);
+      timings->set_total_ms(summary.timings.total_ms);
+      VLOG(1) << "Generate " << request_id_ << ": " << summary.generated_tokens
+              << " tokens, finish " << v1::FinishReason_Name(response.finish_reason())
+              << ", total " << summary.timings.total_ms << " ms";
+    }
+    response.set_text(std::move(text));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!write_failed_) pending_.push_back(std::move(response));
+    if (event.finish.has_value()) final_status_ = grpc::Status::OK;
+    PumpLocked();
+  }
+
+  void OnError(const absl::Status& status) override {
+    if (status.code() != absl::StatusCode::kCancelled) {
+      LOG(WARNING) << "Generate " << request_id_ << " failed: " << status;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    final_status_ = ToGrpcStatus(status);
+    PumpLocked();
+  }
+
+  // ---- gRPC reactions.
+  void OnWriteDone(bool ok) override {
+    std::optional<Engine::RequestId> cancel;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      pending_.pop_front();
+      if (!ok && !write_failed_) {
+        // The client is gone; stop generating for it. The engine's terminal
+        // call then lets us finish.
+        write_failed_ = true;
+        pending_.clear();
+        cancel = id_;
+      }
+      PumpLocked();
+    }
+    if (cancel.has_value()) engine_->Cancel(*cancel);
+  }
+
+  void OnCancel() override {
+    std::optional<Engine::RequestId> cancel;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancel = id_;
+    }
+    if (cancel.has_value()) engine_->Cancel(*cancel);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void FinishWithoutEngine(const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    final_status_ = ToGrpcStatus(status);
+    PumpLocked();
+  }
+
+  // Starts the next write, or Finish once everything is written.
+  void PumpLocked() {
+    if (writing_ || finish_called_) return;
+    if (!pending_.empty()) {
+      writing_ = true;
+      StartWrite(&pending_.front());
+      return;
+    }
+    if (final_status_.has_value()) {
+      finish_called_ = true;
+      Finish(*final_status_);
+    }
+  }
+
+  Engine* const engine_;
+  const Tokenizer* const tokenizer_;
+  std::string request_id_;
+  // Used only by OnToken, whose calls never overlap.
+  std::optional<IncrementalDetokenizer> detokenizer_;
+
+  std::mutex mu_;
+  std::optional<Engine::RequestId> id_;           // guarded by mu_; set once submitted
+  std::deque<v1::GenerateResponse> pending_;      // guarded by mu_; front is in flight
+  bool writing_ = false;                          // guarded by mu_
+  bool write_failed_ = false;                     // guarded by mu_
+  bool finish_called_ = false;                    // guarded by mu_
+  std::optional<grpc::Status> final_status_;      // guarded by mu_
+};
+
+v1::ModelInfo MakeModelInfo(ServingModel& model) {
+  v1::ModelInfo info;
+  const ModelConfig& config = model.config();
+  ToProto(model.fingerprint(), info.mutable_fingerprint());
+  info.set_model_dir(model.model_dir());
+  info.set_model_type(config.model_type);
+  info.set_max_position_embeddings(config.max_position_embeddings);
+  info.set_intermediate_size(config.intermediate_size);
+  info.set_bos_token_id(config.bos_token_id);
+  for (int32_t eos : config.eos_token_ids) info.add_eos_token_ids(eos);
+  info.set_add_bos_token(config.add_bos_token);
+  info.set_device(std::string(model.backend().name()));
+  info.set_kv_dtype(ToProto(model.backend().kv_dtype()));
+  info.set_parameter_count(model.parameter_count());
+  return info;
+}
+
+}  // namespace
+
+DecodeServer::DecodeServer(ServingModel* model, Engine* engine, const RequestLimits& limits)
+    : model_(model), engine_(engine), limits_(limits), model_info_(MakeModelInfo(*model)) {}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServer::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  const absl::Time arrival = absl::Now();
+  auto* reactor = new GenerateReactor(engine_, &model_->tokenizer());
+  absl::StatusOr<GenerationRequest> validated = ValidateGenerateRequest(
+      *request, model_->tokenizer(), model_->config(), limits_, RandomSeed());
+  if (validated.ok()) {
+    validated->arrival = arrival;
+    validated->deadline = DeadlineOf(*context);
+  }
+  reactor->Begin(std::move(validated));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecodeServer::Tokenize(grpc::CallbackServerContext* context,
+                                                 const v1::TokenizeRequest* request,
+                                                 v1::TokenizeResponse* response) {
+  const Tokenizer& tokenizer = model_->tokenizer();
+  const bool add_bos = request->has_add_bos() ? request->add_bos() : model_->config().add_bos_token;
+  for (int32_t id : tokenizer.Encode(request->text(), add_bos)) {
+    response->add_token_ids(id);
+    response->add_pieces(tokenizer.IdToPiece(id));
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecodeServer::GetModelInfo(grpc::CallbackServerContext* context,
+                                                     const v1::GetModelInfoRequest* /*request*/,
+                                                     v1::ModelInfo* response) {
+  *response = model_info_;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const GrpcServerOptions& options,
+                                                              grpc::Service* service,
+                                                              int* bound_port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), bound_port);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *bound_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", options.listen, "' (--listen): address in use or invalid"));
+  }
+  return server;
+}
+
+}  // namespace pdserve

@@ -1,0 +1,66 @@
+// pdserve.v1.GenerateService, the public entry point, on gRPC's callback API:
+// Generate streams one message per token from the engine; Tokenize and
+// GetModelInfo answer from the loaded model.
+#ifndef PDSERVE_DECODE_SERVICE_DECODE_SERVER_H_
+#define PDSERVE_DECODE_SERVICE_DECODE_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "decode_service/engine.h"
+#include "decode_service/request_validation.h"
+#include "decode_service/serving_model.h"
+#include "pdserve/v1/generate.grpc.pb.h"
+
+namespace pdserve {
+
+class DecodeServer final : public v1::GenerateService::CallbackService {
+ public:
+  // `model` and `engine` must outlive the server (and every call on it).
+  DecodeServer(ServingModel* model, Engine* engine, const RequestLimits& limits);
+
+  // Validates (INVALID_ARGUMENT, see ValidateGenerateRequest), submits to the
+  // engine (RESOURCE_EXHAUSTED when over capacity) and streams one
+  // GenerateResponse per token: token_id, index and the UTF-8-safe text delta
+  // (EOS renders as ""). The last message adds finish_reason, usage and
+  // timings. A client cancel or deadline ends the request in the engine and
+  // frees its KV at once; errors from the engine (UNAVAILABLE,
+  // FAILED_PRECONDITION, DEADLINE_EXCEEDED, INTERNAL) end the stream.
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  // Ids and SentencePiece pieces of `text` (add_bos defaults to the model's).
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+  const v1::ModelInfo& model_info() const { return model_info_; }
+
+ private:
+  const ServingModel* const model_;
+  Engine* const engine_;
+  const RequestLimits limits_;
+  v1::ModelInfo model_info_;
+};
+
+struct GrpcServerOptions {
+  std::string listen = "127.0.0.1:50052";  // HOST:PORT; port 0 picks a free one
+  int max_message_bytes = 64 << 20;        // both directions
+};
+
+// Builds and starts a gRPC server for `service` on `options.listen` and sets
+// `*bound_port`. Health checking and reflection are added when the process
+// enabled them before the call (main.cc). UNAVAILABLE naming the address when
+// it cannot be bound.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const GrpcServerOptions& options,
+                                                              grpc::Service* service,
+                                                              int* bound_port);
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_DECODE_SERVICE_DECODE_SERVER_H_

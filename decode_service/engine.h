@@ -1,0 +1,142 @@
+// The decode engine: admission control over the KV block pool, prefill
+// hand-off, and one thread doing continuous batching (Orca, Yu et al. 2022;
+// paged KV as in vLLM, Kwon et al. 2023).
+//
+// A request's life:
+//   waiting    queued until the pool has blocks for prompt + 1 tokens
+//   prefilling its KV lease exists; a PrefillRunner fills it
+//   ready      KV complete; joins the batch at the next step
+//   running    one token per step; retired on EOS, max_new_tokens, the
+//              context limit, an empty pool, or a cancel
+// KV blocks are held only from "prefilling" on and return to the pool the
+// moment a request ends, before its observer hears about it.
+//
+// Threading. The Backend is not thread-safe and the engine thread is its main
+// user (ComputeLogits, DecodeStep). KV chunks arrive on gRPC threads; they are
+// written in place under `backend_mu_`, the same lock the engine holds for
+// each step (rather than being copied and handed to the engine thread), so a
+// chunk waits at most one step and costs no extra copy of its bytes.
+// Everything else shared between threads (the queue, the request table) is
+// guarded by `mu_`; the running batch belongs to the engine thread alone.
+// Observers are never called with either lock held.
+#ifndef PDSERVE_DECODE_SERVICE_ENGINE_H_
+#define PDSERVE_DECODE_SERVICE_ENGINE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "decode_service/generation.h"
+#include "decode_service/prefill_runner.h"
+#include "shared/kv_cache.h"
+#include "shared/transformer.h"
+
+namespace pdserve {
+
+struct EngineOptions {
+  int max_batch_size = 64;  // sequences in one DecodeStep
+  int max_queue = 256;      // requests waiting for KV blocks
+  absl::Duration prefill_timeout = absl::Seconds(60);  // per prefill call
+  std::vector<int32_t> eos_token_ids;  // generation_config.json, all of them
+  int context_limit = 0;               // max_position_embeddings, tokens
+};
+
+// Counts for tests and (later) metrics.
+struct EngineStats {
+  int waiting = 0;
+  int prefilling = 0;
+  int ready = 0;
+  int running = 0;
+};
+
+class Engine {
+ public:
+  using RequestId = uint64_t;
+
+  // Starts the engine thread. `transformer`, `cache` and `prefill` must
+  // outlive the engine; the engine is the only user of transformer's backend
+  // while it runs.
+  Engine(Transformer* transformer, KvCache* cache, PrefillRunner* prefill,
+         const EngineOptions& options);
+  // Shutdown().
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues `request` (validated, see request_validation.h). `observer` gets
+  // the tokens and must outlive its terminal call. Errors, with no observer
+  // call: RESOURCE_EXHAUSTED when the wait queue is full (--max_queue) or the
+  // prompt needs more blocks than the whole pool has; UNAVAILABLE after
+  // Shutdown.
+  absl::StatusOr<RequestId> Submit(GenerationRequest request, GenerationObserver* observer);
+
+  // Ends the request with CANCELLED as soon as possible: at once while it
+  // waits, after the prefill stops while prefilling, before the next step
+  // while running. A no-op for a request that has already ended.
+  void Cancel(RequestId id);
+
+  // Stops the engine: cancels prefills in flight, ends every request with
+  // UNAVAILABLE and joins the engine thread. Idempotent.
+  void Shutdown();
+
+  EngineStats stats() const;
+
+ private:
+  struct Sequence;
+  enum class State { kWaiting, kPrefilling, kReady, kRunning };
+
+  void Run();
+  // Takes blocks for waiting requests in FIFO order while the pool allows.
+  void AdmitWaiting();
+  // Allocates the lease for the front of the queue (or for `seq` on the fast
+  // path); false when the pool is short. Requires mu_.
+  bool TryAllocateLocked(Sequence& seq);
+  void StartPrefill(Sequence* seq);
+  void OnPrefillDone(RequestId id, absl::StatusOr<PrefillResult> result);
+  // One engine iteration: joins ready sequences, retires cancelled ones, and
+  // runs one decode step over the batch.
+  void Iterate();
+  void JoinReady(const std::vector<Sequence*>& joiners);
+  void StepRunning();
+  // Appends `token` to the sequence, streams it and retires the sequence
+  // when it is done; false when retired.
+  bool Advance(Sequence* seq, int32_t token);
+  // Ends the sequence: frees its KV, forgets it and tells its observer
+  // (`error` when not OK, otherwise the already-built final `event`).
+  void Retire(Sequence* seq, const absl::Status& error, const TokenEvent* final_event);
+  void RemoveFromRunning(Sequence* seq);
+  bool IsEos(int32_t token) const;
+
+  Transformer* const transformer_;
+  KvCache* const cache_;
+  PrefillRunner* const prefill_;
+  const EngineOptions options_;
+
+  // Held for every use of the backend: engine steps and KV chunk writes.
+  std::mutex backend_mu_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;                                       // guarded by mu_
+  RequestId next_id_ = 1;                                       // guarded by mu_
+  std::unordered_map<RequestId, std::unique_ptr<Sequence>> sequences_;  // guarded by mu_
+  std::deque<Sequence*> waiting_;                               // guarded by mu_
+  std::deque<Sequence*> ready_;                                 // guarded by mu_
+  int num_prefilling_ = 0;                                      // guarded by mu_
+  std::atomic<int> num_running_{0};  // running_.size(), readable from any thread
+
+  std::vector<Sequence*> running_;  // engine thread only
+  std::thread thread_;
+};
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_DECODE_SERVICE_ENGINE_H_

@@ -1,0 +1,311 @@
+#include "decode_service/prefill_client.h"
+
+#include <atomic>
+#include <utility>
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <grpcpp/support/client_callback.h>
+
+#include "absl/strings/str_cat.h"
+#include "decode_service/prefill_target.h"
+#include "proto/convert/convert.h"
+#include "shared/status_macros.h"
+
+namespace pdserve {
+namespace {
+
+grpc::ChannelArguments PrefillChannelArguments(int max_message_bytes) {
+  grpc::ChannelArguments args;
+  args.SetLoadBalancingPolicyName("round_robin");
+  args.SetMaxReceiveMessageSize(max_message_bytes);
+  args.SetMaxSendMessageSize(max_message_bytes);
+  return args;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, int max_message_bytes) {
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+                                   PrefillChannelArguments(max_message_bytes));
+}
+
+absl::Status CheckLayoutField(const char* field, int theirs, int ours) {
+  if (theirs == ours) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("prefill header ", field, ": prefill's ", theirs, ", ours ", ours));
+}
+
+// One Prefill stream. Owns itself from Begin until OnDone (gRPC needs the
+// reactor alive that long); the engine's handle may outlive it as a
+// PrefillCall whose Cancel is then a no-op.
+class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
+                            public PrefillCall {
+ public:
+  PrefillStream(const PrefillExpectation* expectation, PrefillJob job, PrefillDone done)
+      : expectation_(expectation), job_(std::move(job)), done_(std::move(done)) {}
+
+  void Begin(v1::PrefillService::Stub* stub, std::shared_ptr<PrefillStream> self,
+             int64_t max_chunk_bytes) {
+    self_ = std::move(self);
+    request_.set_request_id(job_.request_id);
+    request_.mutable_token_ids()->Assign(job_.token_ids.begin(), job_.token_ids.end());
+    request_.set_max_chunk_bytes(max_chunk_bytes);
+    if (job_.deadline != absl::InfiniteFuture()) {
+      context_.set_deadline(absl::ToChronoTime(job_.deadline));
+    }
+    stub->async()->Prefill(&context_, &request_, this);
+    StartRead(&response_);
+    StartCall();
+  }
+
+  void Cancel() override {
+    cancelled_ = true;
+    context_.TryCancel();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended; OnDone follows with its status
+    absl::Status status = Consume(response_);
+    if (!status.ok()) {
+      error_ = std::move(status);
+      context_.TryCancel();
+      return;
+    }
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::shared_ptr<PrefillStream> keep_alive = std::move(self_);
+    PrefillDone done = std::move(done_);
+    done(Outcome(status));
+  }
+
+ private:
+  absl::Status Consume(const v1::PrefillResponse& response) {
+    switch (response.payload_case()) {
+      case v1::PrefillResponse::kHeader:
+        if (have_header_) return absl::InternalError("prefill stream: a second header");
+        return ConsumeHeader(response.header());
+      case v1::PrefillResponse::kKv:
+        if (!have_header_) return absl::InternalError("prefill stream: a KV chunk before the header");
+        if (have_final_) {
+          return absl::InternalError("prefill stream: a KV chunk after the final hidden state");
+        }
+        return ConsumeChunk(response.kv());
+      case v1::PrefillResponse::kFinalHidden:
+        if (!have_header_) {
+          return absl::InternalError("prefill stream: the final hidden state before the header");
+        }
+        if (have_final_) return absl::InternalError("prefill stream: a second final hidden state");
+        return ConsumeFinal(response.final_hidden());
+      case v1::PrefillResponse::PAYLOAD_NOT_SET:
+        break;
+    }
+    return absl::InternalError("prefill stream: a message with no payload");
+  }
+
+  absl::Status ConsumeHeader(const v1::PrefillHeader& header) {
+    absl::StatusOr<ModelFingerprint> theirs = FromProto(header.fingerprint());
+    if (!theirs.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("prefill header fingerprint: ", theirs.status().message()));
+    }
+    PDSERVE_RETURN_IF_ERROR(CheckSameModel(expectation_->fingerprint, *theirs));
+    PDSERVE_RETURN_IF_ERROR(
+        CheckLayoutField("num_layers", header.num_layers(), expectation_->num_layers));
+    PDSERVE_RETURN_IF_ERROR(
+        CheckLayoutField("num_kv_heads", header.num_kv_heads(), expectation_->num_kv_heads));
+    PDSERVE_RETURN_IF_ERROR(
+        CheckLayoutField("head_dim", header.head_dim(), expectation_->head_dim));
+    PDSERVE_RETURN_IF_ERROR(
+        CheckLayoutField("hidden_size", header.hidden_size(), expectation_->hidden_size));
+    num_tokens_ = static_cast<int>(job_.token_ids.size());
+    if (header.num_tokens() != num_tokens_) {
+      return absl::InternalError(absl::StrCat("prefill header num_tokens: ", header.num_tokens(),
+                                              ", but the prompt has ", num_tokens_, " tokens"));
+    }
+    absl::StatusOr<DType> kv_dtype = FromProto(header.kv_dtype(), "prefill header kv_dtype");
+    if (!kv_dtype.ok()) return absl::InternalError(kv_dtype.status().message());
+    kv_dtype_ = *kv_dtype;
+    token_bytes_ = static_cast<size_t>(expectation_->num_kv_heads) * expectation_->head_dim *
+                   DTypeSize(kv_dtype_);
+    received_.assign(static_cast<size_t>(expectation_->num_layers) * num_tokens_, false);
+    have_header_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status ConsumeChunk(const v1::KvChunk& chunk) {
+    const int layer = chunk.layer();
+    const int first = chunk.first_token();
+    const int count = chunk.num_tokens();
+    if (layer < 0 || layer >= expectation_->num_layers) {
+      return absl::InternalError(absl::StrCat("prefill KV chunk layer: ", layer,
+                                              " outside [0, ", expectation_->num_layers, ")"));
+    }
+    if (first < 0 || count <= 0 || first > num_tokens_ - count) {
+      return absl::InternalError(absl::StrCat("prefill KV chunk of layer ", layer, ": tokens [",
+                                              first, ", ", static_cast<int64_t>(first) + count,
+                                              ") outside the prompt [0, ", num_tokens_, ")"));
+    }
+    const size_t expected_bytes = token_bytes_ * count;
+    if (chunk.k().size() != expected_bytes || chunk.v().size() != expected_bytes) {
+      return absl::InternalError(absl::StrCat(
+          "prefill KV chunk of layer ", layer, ": k ", chunk.k().size(), " and v ",
+          chunk.v().size(), " bytes, expected ", expected_bytes, " each (", count, " tokens x ",
+          expectation_->num_kv_heads, " heads x ", expectation_->head_dim, " x ",
+          std::string(DTypeName(kv_dtype_)), ")"));
+    }
+    const size_t base = static_cast<size_t>(layer) * num_tokens_;
+    for (int t = first; t < first + count; ++t) {
+      if (received_[base + t]) {
+        return absl::InternalError(absl::StrCat("prefill KV chunk: token ", t, " of layer ",
+                                                layer, " arrived twice"));
+      }
+    }
+    absl::Status written =
+        job_.write_kv(layer, first, count, chunk.k().data(), chunk.v().data(), kv_dtype_);
+    if (!written.ok()) {
+      return absl::InternalError(absl::StrCat("writing prefill KV: ", written.message()));
+    }
+    for (int t = first; t < first + count; ++t) received_[base + t] = true;
+    num_received_ += count;
+    kv_complete_ = absl::Now();
+    return absl::OkStatus();
+  }
+
+  absl::Status ConsumeFinal(const v1::FinalHidden& final_hidden) {
+    if (final_hidden.values_size() != expectation_->hidden_size) {
+      return absl::InternalError(absl::StrCat("prefill final hidden state: ",
+                                              final_hidden.values_size(),
+                                              " values, expected hidden_size ",
+                                              expectation_->hidden_size));
+    }
+    result_.final_hidden.assign(final_hidden.values().begin(), final_hidden.values().end());
+    result_.remote_prefill_ms = final_hidden.prefill_ms();
+    have_final_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<PrefillResult> Outcome(const grpc::Status& status) {
+    if (!error_.ok()) return error_;  // our verdict on the stream comes first
+    if (!status.ok()) {
+      if (cancelled_) return absl::CancelledError("prefill cancelled: the request ended");
+      const std::string where = context_.peer().empty() ? "" : " (" + context_.peer() + ")";
+      switch (status.error_code()) {
+        case grpc::StatusCode::UNAVAILABLE:
+        case grpc::StatusCode::UNKNOWN:
+        case grpc::StatusCode::CANCELLED:  // not by us: the instance went away
+          return absl::UnavailableError(
+              absl::StrCat(have_header_ ? "prefill instance failed mid-stream"
+                                        : "no prefill instance reachable",
+                           where, ": ", status.error_message()));
+        case grpc::StatusCode::DEADLINE_EXCEEDED:
+          return absl::DeadlineExceededError(absl::StrCat(
+              "prefill did not finish before its deadline (the request's deadline or "
+              "--prefill_timeout_ms)",
+              where, ": ", status.error_message()));
+        default:
+          return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                              absl::StrCat("prefill", where, ": ", status.error_message()));
+      }
+    }
+    if (!have_header_) return absl::InternalError("prefill stream ended without a header");
+    const int64_t expected = static_cast<int64_t>(expectation_->num_layers) * num_tokens_;
+    if (num_received_ != expected) {
+      return absl::InternalError(absl::StrCat("prefill stream ended with ", num_received_, " of ",
+                                              expected, " (layer, token) KV entries"));
+    }
+    if (!have_final_) {
+      return absl::InternalError("prefill stream ended without the final hidden state");
+    }
+    result_.kv_complete = kv_complete_;
+    return std::move(result_);
+  }
+
+  const PrefillExpectation* const expectation_;
+  PrefillJob job_;
+  PrefillDone done_;
+  std::shared_ptr<PrefillStream> self_;
+  std::atomic<bool> cancelled_{false};
+
+  grpc::ClientContext context_;
+  v1::PrefillRequest request_;
+  v1::PrefillResponse response_;
+
+  // Stream state; touched only by gRPC's reactions, which never overlap.
+  absl::Status error_;
+  bool have_header_ = false;
+  bool have_final_ = false;
+  int num_tokens_ = 0;
+  DType kv_dtype_ = DType::kF32;
+  size_t token_bytes_ = 0;      // bytes of K (or V) per token
+  std::vector<bool> received_;  // [num_layers, num_tokens]
+  int64_t num_received_ = 0;
+  absl::Time kv_complete_ = absl::Now();
+  PrefillResult result_;
+};
+
+}  // namespace
+
+PrefillExpectation PrefillExpectation::For(const ModelConfig& config,
+                                           const ModelFingerprint& fingerprint) {
+  PrefillExpectation expectation;
+  expectation.fingerprint = fingerprint;
+  expectation.num_layers = config.num_layers;
+  expectation.num_kv_heads = config.num_kv_heads;
+  expectation.head_dim = config.head_dim;
+  expectation.hidden_size = config.hidden_size;
+  return expectation;
+}
+
+PrefillClient::PrefillClient(const PrefillClientOptions& options,
+                             const PrefillExpectation& expectation)
+    : options_(options),
+      expectation_(expectation),
+      channel_(MakeChannel(options.channel_target, options.max_message_bytes)),
+      stub_(v1::PrefillService::NewStub(channel_)) {}
+
+std::shared_ptr<PrefillCall> PrefillClient::Start(PrefillJob job, PrefillDone done) {
+  auto stream = std::make_shared<PrefillStream>(&expectation_, std::move(job), std::move(done));
+  stream->Begin(stub_.get(), stream, options_.max_chunk_bytes);
+  return stream;
+}
+
+absl::Status CheckPrefillTargets(const std::vector<std::string>& addresses,
+                                 const ModelFingerprint& ours, absl::Duration wait,
+                                 int max_message_bytes) {
+  const absl::Time deadline = absl::Now() + wait;
+  for (const std::string& address : addresses) {
+    PDSERVE_ASSIGN_OR_RETURN(std::string target, PrefillChannelTarget({address}));
+    std::unique_ptr<v1::PrefillService::Stub> stub =
+        v1::PrefillService::NewStub(MakeChannel(target, max_message_bytes));
+    grpc::ClientContext context;
+    context.set_wait_for_ready(true);  // a starting instance gets until the deadline
+    context.set_deadline(absl::ToChronoTime(deadline));
+    v1::ModelInfo info;
+    grpc::Status status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
+    if (!status.ok()) {
+      const bool unreachable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                               status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+      return absl::Status(
+          unreachable ? absl::StatusCode::kUnavailable
+                      : static_cast<absl::StatusCode>(status.error_code()),
+          absl::StrCat("prefill target '", address, "' ",
+                       unreachable ? absl::StrCat("unreachable within ",
+                                                  absl::FormatDuration(wait))
+                                   : "failed GetModelInfo",
+                       ": ", status.error_message()));
+    }
+    absl::StatusOr<ModelFingerprint> theirs = FromProto(info.fingerprint());
+    absl::Status same = theirs.ok() ? CheckSameModel(ours, *theirs)
+                                    : absl::FailedPreconditionError(theirs.status().message());
+    if (!same.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "prefill target '", address, "' serves another model: ", same.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace pdserve

@@ -1,0 +1,80 @@
+// The decode side of the KV hand-off: calls pdserve.v1.PrefillService over
+// one round-robin channel to every prefill instance, checks what comes back
+// against our own model, and writes the KV into the request's lease.
+#ifndef PDSERVE_DECODE_SERVICE_PREFILL_CLIENT_H_
+#define PDSERVE_DECODE_SERVICE_PREFILL_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/channel.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "decode_service/prefill_runner.h"
+#include "pdserve/v1/prefill.grpc.pb.h"
+#include "shared/model_config.h"
+#include "shared/model_fingerprint.h"
+
+namespace pdserve {
+
+struct PrefillClientOptions {
+  // A channel target from PrefillChannelTarget (prefill_target.h).
+  std::string channel_target;
+  // Largest message the channel accepts or sends, bytes (KV chunks must fit).
+  int max_message_bytes = 64 << 20;
+  // Sent as PrefillRequest.max_chunk_bytes; 0: the prefill's default.
+  int64_t max_chunk_bytes = 0;
+};
+
+// What a prefill stream must agree with: our fingerprint and the KV layout
+// our model implies.
+struct PrefillExpectation {
+  ModelFingerprint fingerprint;
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int hidden_size = 0;
+
+  static PrefillExpectation For(const ModelConfig& config, const ModelFingerprint& fingerprint);
+};
+
+// Runs each prefill as one callback-API stream (no thread per request). A
+// stream is accepted only if
+//   * its header's fingerprint equals ours (else FAILED_PRECONDITION, naming
+//     the first differing field) and its layout (layers, KV heads, head_dim,
+//     hidden_size) matches (FAILED_PRECONDITION); num_tokens is the prompt
+//     length and kv_dtype a float type (INTERNAL otherwise);
+//   * every KvChunk lies inside the prompt, has k and v of exactly
+//     num_tokens * num_kv_heads * head_dim elements of kv_dtype, and every
+//     (layer, token) arrives exactly once (INTERNAL otherwise);
+//   * one FinalHidden of hidden_size values follows (INTERNAL otherwise).
+// Chunks are converted from kv_dtype to the cache's dtype as they are written
+// (the receiver converts). A stream that breaks (the instance died, or was
+// unreachable) ends with UNAVAILABLE; the deadline with DEADLINE_EXCEEDED.
+// The engine frees the request's blocks on every error.
+class PrefillClient final : public PrefillRunner {
+ public:
+  PrefillClient(const PrefillClientOptions& options, const PrefillExpectation& expectation);
+  std::shared_ptr<PrefillCall> Start(PrefillJob job, PrefillDone done) override;
+
+ private:
+  const PrefillClientOptions options_;
+  const PrefillExpectation expectation_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::PrefillService::Stub> stub_;
+};
+
+// Start-up check: GetModelInfo on every address (waiting for each to come up
+// until `wait` has passed in total). UNAVAILABLE naming the address when one
+// does not answer in time; FAILED_PRECONDITION naming the address and the
+// first differing fingerprint field when one serves another model.
+absl::Status CheckPrefillTargets(const std::vector<std::string>& addresses,
+                                 const ModelFingerprint& ours, absl::Duration wait,
+                                 int max_message_bytes);
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_DECODE_SERVICE_PREFILL_CLIENT_H_

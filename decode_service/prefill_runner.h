@@ -1,0 +1,72 @@
+// The engine's view of "get this prompt's KV cache from somewhere": an
+// interface so the engine can be tested without gRPC. PrefillClient
+// (prefill_client.h) is the production implementation.
+#ifndef PDSERVE_DECODE_SERVICE_PREFILL_RUNNER_H_
+#define PDSERVE_DECODE_SERVICE_PREFILL_RUNNER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "shared/dtype.h"
+
+namespace pdserve {
+
+// Stores tokens [first_token, first_token + num_tokens) of `layer`: k and v
+// are host arrays [num_tokens, num_kv_heads * head_dim] of `dtype`. The
+// engine supplies it; it writes into the request's KV lease under the engine's
+// backend lock (KvCache::WriteTokens). INVALID_ARGUMENT for a range outside
+// the lease or a bad layer.
+using KvWriter = std::function<absl::Status(int layer, int first_token, int num_tokens,
+                                            const void* k, const void* v, DType dtype)>;
+
+struct PrefillJob {
+  std::string request_id;           // for the prefill instance's logs
+  std::vector<int32_t> token_ids;   // the whole prompt
+  absl::Time deadline = absl::InfiniteFuture();
+  KvWriter write_kv;                // where the KV goes
+};
+
+struct PrefillResult {
+  // The last prompt position's hidden state after the final RMSNorm:
+  // [hidden_size] float32.
+  std::vector<float> final_hidden;
+  absl::Time kv_complete;   // when the last KV chunk was written (local clock)
+  double remote_prefill_ms = 0;  // forward-pass time the prefill instance reported
+};
+
+// Called exactly once per job, on any thread (possibly inline from Start or
+// PrefillCall::Cancel, so neither may be called with a lock `done` takes):
+// the result, or CANCELLED (PrefillCall::Cancel), DEADLINE_EXCEEDED,
+// UNAVAILABLE (no prefill reachable or one dropped mid-stream),
+// FAILED_PRECONDITION (another model), INTERNAL (a malformed stream), or a
+// status the prefill instance returned. After it returns, `write_kv` is never
+// called again.
+using PrefillDone = std::function<void(absl::StatusOr<PrefillResult> result)>;
+
+// A prefill in flight.
+class PrefillCall {
+ public:
+  virtual ~PrefillCall() = default;
+  // Asks the prefill to stop; `done` still runs (with CANCELLED unless it was
+  // already finishing). Thread-safe, non-blocking, idempotent.
+  virtual void Cancel() = 0;
+};
+
+class PrefillRunner {
+ public:
+  virtual ~PrefillRunner() = default;
+  // Starts a prefill; the handle may be dropped at any time without
+  // cancelling it. Every token of every layer reaches `job.write_kv` exactly
+  // once before `done` reports success.
+  virtual std::shared_ptr<PrefillCall> Start(PrefillJob job, PrefillDone done) = 0;
+};
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_DECODE_SERVICE_PREFILL_RUNNER_H_
