@@ -1,0 +1,299 @@
+#include "prefill_service/prefill_server.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <climits>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "proto/convert/convert.h"
+#include "shared/status_macros.h"
+
+namespace pdserve {
+
+absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
+                                     int64_t server_max_chunk_bytes, int kv_width,
+                                     DType kv_dtype) {
+  ChunkPlan plan;
+  plan.bytes_per_token = 2 * static_cast<int64_t>(kv_width) * static_cast<int64_t>(DTypeSize(kv_dtype));
+  if (requested_max_chunk_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_chunk_bytes: ", requested_max_chunk_bytes,
+                                                   " is negative (0 selects the server's ",
+                                                   server_max_chunk_bytes, ")"));
+  }
+  const int64_t limit = requested_max_chunk_bytes == 0
+                            ? server_max_chunk_bytes
+                            : std::min(requested_max_chunk_bytes, server_max_chunk_bytes);
+  if (limit < plan.bytes_per_token) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_chunk_bytes: ", limit, " is below one token's K+V of one layer (",
+                     plan.bytes_per_token, " bytes)"));
+  }
+  plan.tokens_per_chunk = static_cast<int>(std::min<int64_t>(limit / plan.bytes_per_token, INT_MAX));
+  return plan;
+}
+
+void FillModelInfo(const PrefillEngine& engine, v1::ModelInfo* info) {
+  const ModelConfig& config = engine.config();
+  ToProto(engine.fingerprint(), info->mutable_fingerprint());
+  info->set_model_dir(engine.model_dir());
+  info->set_model_type(config.model_type);
+  info->set_max_position_embeddings(config.max_position_embeddings);
+  info->set_intermediate_size(config.intermediate_size);
+  info->set_bos_token_id(config.bos_token_id);
+  for (int32_t eos : config.eos_token_ids) info->add_eos_token_ids(eos);
+  info->set_add_bos_token(config.add_bos_token);
+  info->set_device(std::string(engine.device()));
+  info->set_kv_dtype(ToProto(engine.kv_dtype()));
+  info->set_parameter_count(engine.parameter_count());
+}
+
+// One Prefill call. Two parties touch it: gRPC's threads (OnWriteDone,
+// OnCancel, OnDone) and the engine's worker thread (Run, which produces the
+// messages). The worker only ever appends to the queue; writes and Finish
+// are issued by Pump() from whichever side made progress possible. Finish
+// waits until the worker has reported back (producer_done_), so the worker
+// never sees a deleted reactor; OnDone, which gRPC runs after Finish and
+// every write have completed, deletes it.
+class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
+ public:
+  PrefillReactor(PrefillServer* server, const v1::PrefillRequest& request)
+      : server_(server), request_id_(request.request_id()), arrival_(absl::Now()) {
+    server_->active_streams_.fetch_add(1);
+    const PrefillEngine& engine = *server_->engine_;
+    const ModelConfig& config = engine.config();
+    const std::span<const int32_t> ids(request.token_ids().data(), request.token_ids().size());
+    absl::Status valid = engine.ValidatePrompt(ids);
+    absl::StatusOr<ChunkPlan> plan = PlanChunks(request.max_chunk_bytes(),
+                                                server_->options_.max_chunk_bytes,
+                                                config.num_kv_heads * config.head_dim,
+                                                engine.kv_dtype());
+    if (valid.ok() && !plan.ok()) valid = plan.status();
+    if (!valid.ok()) {
+      LOG(WARNING) << "prefill " << request_id_ << ": rejected: " << valid;
+      ProducerDone(valid);
+      return;
+    }
+    tokens_.assign(ids.begin(), ids.end());
+
+    auto header = std::make_unique<v1::PrefillResponse>();
+    v1::PrefillHeader* h = header->mutable_header();
+    ToProto(engine.fingerprint(), h->mutable_fingerprint());
+    h->set_num_tokens(static_cast<int>(tokens_.size()));
+    h->set_num_layers(config.num_layers);
+    h->set_num_kv_heads(config.num_kv_heads);
+    h->set_head_dim(config.head_dim);
+    h->set_kv_dtype(ToProto(engine.kv_dtype()));
+    h->set_hidden_size(config.hidden_size);
+    // Cannot block: nothing is queued yet.
+    (void)Send(std::move(header), 0);
+
+    server_->engine_->Submit(
+        [this, plan = *plan](Transformer& transformer) { Run(transformer, plan); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      write_in_flight_ = false;
+      queued_bytes_ -= in_flight_bytes_;
+      in_flight_.reset();
+      in_flight_bytes_ = 0;
+      if (!ok) CancelLocked();  // the stream is broken: stop producing
+    }
+    Pump();
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      CancelLocked();
+    }
+    Pump();
+  }
+
+  void OnDone() override {
+    server_->active_streams_.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  struct Pending {
+    std::unique_ptr<v1::PrefillResponse> message;
+    int64_t bytes = 0;
+  };
+
+  // Worker thread: the forward pass, streaming each layer from the sink.
+  void Run(Transformer& transformer, ChunkPlan plan) {
+    if (cancelled()) {
+      ProducerDone(absl::CancelledError("prefill: cancelled before the forward pass started"));
+      return;
+    }
+    const absl::Time start = absl::Now();
+    Backend& backend = transformer.backend();
+    const DType kv_dtype = backend.kv_dtype();
+    const ModelConfig& config = transformer.config();
+    const size_t kv_width = static_cast<size_t>(config.num_kv_heads) * config.head_dim;
+    LayerKvSink sink = [&](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
+                           int num_tokens) -> absl::Status {
+      for (int first = 0; first < num_tokens; first += plan.tokens_per_chunk) {
+        const int count = std::min(plan.tokens_per_chunk, num_tokens - first);
+        const size_t elements = static_cast<size_t>(count) * kv_width;
+        const size_t bytes = elements * DTypeSize(kv_dtype);
+        auto message = std::make_unique<v1::PrefillResponse>();
+        v1::KvChunk* chunk = message->mutable_kv();
+        chunk->set_layer(layer);
+        chunk->set_first_token(first);
+        chunk->set_num_tokens(count);
+        // Straight from the backend into the message's own bytes.
+        std::string* k_bytes = chunk->mutable_k();
+        k_bytes->resize(bytes);
+        PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(k, static_cast<size_t>(first) * kv_width,
+                                                   elements, k_bytes->data(), kv_dtype));
+        std::string* v_bytes = chunk->mutable_v();
+        v_bytes->resize(bytes);
+        PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(v, static_cast<size_t>(first) * kv_width,
+                                                   elements, v_bytes->data(), kv_dtype));
+        PDSERVE_RETURN_IF_ERROR(Send(std::move(message), static_cast<int64_t>(2 * bytes)));
+      }
+      return absl::OkStatus();
+    };
+    absl::StatusOr<std::vector<float>> hidden = transformer.Prefill(tokens_, sink);
+    const double prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    if (!hidden.ok()) {
+      ProducerDone(hidden.status());
+      return;
+    }
+    auto message = std::make_unique<v1::PrefillResponse>();
+    v1::FinalHidden* final_hidden = message->mutable_final_hidden();
+    final_hidden->mutable_values()->Add(hidden->begin(), hidden->end());
+    final_hidden->set_prefill_ms(prefill_ms);
+    const int64_t bytes = static_cast<int64_t>(hidden->size() * sizeof(float));
+    absl::Status sent = Send(std::move(message), bytes);
+    if (sent.ok()) {
+      LOG(INFO) << "prefill " << request_id_ << ": " << tokens_.size() << " tokens, forward "
+                << prefill_ms << " ms, queued "
+                << absl::ToDoubleMilliseconds(start - arrival_) << " ms";
+    }
+    ProducerDone(sent);
+  }
+
+  // Worker thread (and the constructor): queues a message, waiting while
+  // more than max_queued_bytes are unsent. CANCELLED once the call is
+  // cancelled or broken.
+  absl::Status Send(std::unique_ptr<v1::PrefillResponse> message, int64_t bytes) {
+    {
+      absl::MutexLock lock(&mu_);
+      const int64_t limit = server_->options_.max_queued_bytes;
+      auto can_queue = [this, limit, bytes]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return cancelled_ || queued_bytes_ == 0 || queued_bytes_ + bytes <= limit;
+      };
+      mu_.Await(absl::Condition(&can_queue));
+      if (cancelled_) {
+        return absl::CancelledError("prefill: the client cancelled the call or the stream broke");
+      }
+      queue_.push_back(Pending{std::move(message), bytes});
+      queued_bytes_ += bytes;
+    }
+    Pump();
+    return absl::OkStatus();
+  }
+
+  bool cancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+  // The producer's last touch of this object.
+  void ProducerDone(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      producer_done_ = true;
+      final_status_ = status;
+      if (!status.ok() && !cancelled_ && status.code() != absl::StatusCode::kInvalidArgument) {
+        LOG(WARNING) << "prefill " << request_id_ << ": failed: " << status;
+      }
+    }
+    Pump();
+  }
+
+  void CancelLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!cancelled_) LOG(INFO) << "prefill " << request_id_ << ": cancelled";
+    cancelled_ = true;
+    for (const Pending& pending : queue_) queued_bytes_ -= pending.bytes;
+    queue_.clear();
+  }
+
+  // Starts the next write or, once nothing more can be written, Finish.
+  // Called without mu_ held: gRPC may run reactions inline.
+  void Pump() {
+    const v1::PrefillResponse* to_write = nullptr;
+    bool finish = false;
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || write_in_flight_) return;
+      if (!cancelled_ && !queue_.empty()) {
+        in_flight_ = std::move(queue_.front().message);
+        in_flight_bytes_ = queue_.front().bytes;
+        queue_.pop_front();
+        write_in_flight_ = true;
+        to_write = in_flight_.get();
+      } else if (producer_done_ && (cancelled_ || queue_.empty())) {
+        finished_ = true;
+        finish = true;
+        status = cancelled_ ? grpc::Status(grpc::StatusCode::CANCELLED, "prefill: cancelled")
+                            : ToGrpcStatus(final_status_);
+      }
+    }
+    if (to_write != nullptr) {
+      StartWrite(to_write);
+    } else if (finish) {
+      Finish(status);  // may delete this (OnDone): nothing may follow
+    }
+  }
+
+  PrefillServer* const server_;
+  const std::string request_id_;
+  const absl::Time arrival_;
+  std::vector<int32_t> tokens_;
+
+  absl::Mutex mu_;
+  std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // queue_ plus the write in flight
+  std::unique_ptr<v1::PrefillResponse> in_flight_ ABSL_GUARDED_BY(mu_);
+  int64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool producer_done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+PrefillServer::PrefillServer(PrefillEngine* engine, PrefillServerOptions options)
+    : engine_(engine), options_(options) {}
+
+grpc::ServerWriteReactor<v1::PrefillResponse>* PrefillServer::Prefill(
+    grpc::CallbackServerContext* /*context*/, const v1::PrefillRequest* request) {
+  return new PrefillReactor(this, *request);
+}
+
+grpc::ServerUnaryReactor* PrefillServer::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetModelInfoRequest* /*request*/,
+                                                      v1::ModelInfo* response) {
+  FillModelInfo(*engine_, response);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace pdserve

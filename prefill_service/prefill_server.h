@@ -1,0 +1,76 @@
+// pdserve.v1.PrefillService on gRPC's callback API.
+#ifndef PDSERVE_PREFILL_SERVICE_PREFILL_SERVER_H_
+#define PDSERVE_PREFILL_SERVICE_PREFILL_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include <grpcpp/support/server_callback.h>
+
+#include "absl/status/statusor.h"
+#include "pdserve/v1/prefill.grpc.pb.h"
+#include "prefill_service/prefill_engine.h"
+
+namespace pdserve {
+
+struct PrefillServerOptions {
+  // Default and upper bound of one KvChunk's K+V bytes; a request may ask
+  // for less (PrefillRequest.max_chunk_bytes). Keep it well under the
+  // server's max send message size.
+  int64_t max_chunk_bytes = int64_t{4} << 20;
+  // Bytes of one stream's responses queued behind a slow reader before the
+  // forward pass waits for it (back-pressure instead of unbounded memory).
+  int64_t max_queued_bytes = int64_t{256} << 20;
+};
+
+// How a prompt's K and V of one layer are cut into KvChunk token ranges.
+struct ChunkPlan {
+  int tokens_per_chunk = 0;   // the last chunk of a layer may hold fewer
+  int64_t bytes_per_token = 0;  // K+V of one token in one layer
+};
+
+// tokens_per_chunk = floor(max_chunk_bytes / (2 * kv_width * sizeof(kv_dtype))).
+// INVALID_ARGUMENT naming max_chunk_bytes when it is negative or smaller
+// than one token's K+V; 0 selects `server_max_chunk_bytes`, and a larger
+// request is capped to it.
+absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
+                                     int64_t server_max_chunk_bytes, int kv_width,
+                                     DType kv_dtype);
+
+// Serves Prefill and GetModelInfo from `engine`, which must outlive the
+// server's Shutdown(). Prefill streams:
+//   1. PrefillHeader, at once (fingerprint, shapes, kv_dtype);
+//   2. for each layer as soon as the forward pass has computed it, its K and
+//      V in token ranges of at most ChunkPlan::tokens_per_chunk tokens,
+//      copied to host in the backend's kv_dtype straight into the message;
+//   3. FinalHidden (last position, after the final RMSNorm).
+// The forward pass runs on the engine's worker thread. A client cancel, a
+// deadline or a failed write stops it at the next chunk and the call ends
+// with CANCELLED; the reactor frees itself in OnDone.
+class PrefillServer final : public v1::PrefillService::CallbackService {
+ public:
+  PrefillServer(PrefillEngine* engine, PrefillServerOptions options);
+
+  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(
+      grpc::CallbackServerContext* context, const v1::PrefillRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+  // Prefill streams not yet done (OnDone not yet run): back to its starting
+  // level once every call has ended, cancelled ones included.
+  int active_streams() const { return active_streams_.load(); }
+
+ private:
+  friend class PrefillReactor;
+  PrefillEngine* engine_;
+  PrefillServerOptions options_;
+  std::atomic<int> active_streams_{0};
+};
+
+// Fills `info` from the engine's model (GetModelInfo's answer).
+void FillModelInfo(const PrefillEngine& engine, v1::ModelInfo* info);
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_PREFILL_SERVICE_PREFILL_SERVER_H_
