@@ -33,7 +33,7 @@ inline constexpr int kMaxTopLogprobs = 20;
 void LogSoftmax(std::span<const float> logits, std::span<float> out);
 
 struct TokenLogprob {
-  int32_t id = 0;         // token id (index into the vocabulary)
+  int32_t id = 0;        // token id (index into the vocabulary)
   float logprob = 0.0f;  // natural log of its probability, <= 0
 
   bool operator==(const TokenLogprob&) const = default;

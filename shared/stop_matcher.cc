@@ -63,19 +63,18 @@ bool IsValidUtf8(std::string_view text) {
 absl::Status ValidateStopStrings(const std::vector<std::string>& stops, int max_count,
                                  int max_bytes) {
   if (stops.size() > static_cast<size_t>(std::max(max_count, 0))) {
-    return absl::InvalidArgumentError(absl::StrCat("stop has ", stops.size(),
-                                                   " strings; at most ", max_count,
-                                                   " are allowed"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("stop has ", stops.size(), " strings; at most ", max_count, " are allowed"));
   }
   for (size_t i = 0; i < stops.size(); ++i) {
     const std::string& stop = stops[i];
     if (stop.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("stop[", i, "] is empty; stop strings need at least 1 byte"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop[", i, "] is empty; stop strings need at least 1 byte"));
     }
     if (stop.size() > static_cast<size_t>(std::max(max_bytes, 0))) {
-      return absl::InvalidArgumentError(absl::StrCat("stop[", i, "] is ", stop.size(),
-                                                     " bytes long; the limit is ", max_bytes,
-                                                     " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stop[", i, "] is ", stop.size(), " bytes long; the limit is ", max_bytes, " bytes"));
     }
     if (!IsValidUtf8(stop)) {
       return absl::InvalidArgumentError(absl::StrCat("stop[", i, "] is not valid UTF-8"));

@@ -41,9 +41,9 @@ absl::Status ValidateStopStrings(const std::vector<std::string>& stops, int max_
 class StopMatcher {
  public:
   struct Result {
-    std::string emit;     // text to send now; may be empty
+    std::string emit;      // text to send now; may be empty
     bool stopped = false;  // a stop string completed; send no more text
-    std::string matched;  // the stop string found, when stopped
+    std::string matched;   // the stop string found, when stopped
   };
 
   // Empty strings in `stops` are ignored (ValidateStopStrings rejects them

@@ -119,7 +119,8 @@ TEST(LogSoftmaxTest, NoFiniteMaximumGivesNaN) {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (const std::vector<float>& logits :
-       {std::vector<float>{-inf, -inf}, std::vector<float>{1.0f, inf}, std::vector<float>{1.0f, nan}}) {
+       {std::vector<float>{-inf, -inf}, std::vector<float>{1.0f, inf},
+        std::vector<float>{1.0f, nan}}) {
     for (float y : LogSoftmaxOf(logits)) EXPECT_TRUE(std::isnan(y));
   }
 }

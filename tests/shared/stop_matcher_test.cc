@@ -178,7 +178,8 @@ TEST(StopMatcherTest, EmptyStopStringsAreIgnored) {
 struct Reference {
   static bool IsCont(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
-  static size_t ExpectedEmittedLength(const std::string& text, const std::vector<std::string>& stops) {
+  static size_t ExpectedEmittedLength(const std::string& text,
+                                      const std::vector<std::string>& stops) {
     size_t cut = text.size();
     for (size_t k = text.size(); k > 0; --k) {  // longest suffix first
       const std::string_view suffix = std::string_view(text).substr(text.size() - k);
@@ -244,8 +245,8 @@ TEST(StopMatcherTest, RandomAgainstNaiveReference) {
           best_stop = s;
         }
       }
-      SCOPED_TRACE(testing::Message() << "iteration " << iteration << " delta " << d << " text '"
-                                      << so_far << "'");
+      SCOPED_TRACE(testing::Message()
+                   << "iteration " << iteration << " delta " << d << " text '" << so_far << "'");
       ASSERT_EQ(r.stopped, best != std::string::npos);
       if (r.stopped) {
         stopped = true;
