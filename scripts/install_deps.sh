@@ -10,6 +10,7 @@ packages=(
   libabsl-dev libsentencepiece-dev nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev
   python3 python3-numpy python3-grpcio python3-protobuf python3-grpc-tools
+  python3-sentencepiece python3-jinja2  # tests/reference/chat_reference.py
 )
 
 missing=()
