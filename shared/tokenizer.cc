@@ -1,0 +1,253 @@
+#include "shared/tokenizer.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "shared/file_util.h"
+#include "shared/sentencepiece_model.h"
+#include "shared/status_macros.h"
+
+namespace pdserve {
+namespace {
+
+using Json = nlohmann::json;
+
+// U+FFFD REPLACEMENT CHARACTER: what SentencePiece decodes an invalid or
+// incomplete byte-fallback sequence to.
+constexpr std::string_view kReplacementCharacter = "\xEF\xBF\xBD";
+
+absl::StatusOr<Json> ParseJsonFile(const std::string& path) {
+  PDSERVE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  try {
+    return Json::parse(text);
+  } catch (const Json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": JSON parse error: ", e.what()));
+  }
+}
+
+absl::Status AddToken(const std::string& path, const std::string& text, const Json& id_value,
+                      std::map<std::string, int32_t>& by_text,
+                      std::map<int32_t, std::string>& by_id) {
+  if (text.empty())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": an added token has empty text"));
+  if (!id_value.is_number_integer() || id_value.get<int64_t>() < 0 ||
+      id_value.get<int64_t>() > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": added token '", text, "' has id ",
+                                                   id_value.dump(),
+                                                   ", must be an integer in [0, 2^31)"));
+  }
+  const int32_t id = static_cast<int32_t>(id_value.get<int64_t>());
+  auto [it, inserted] = by_id.emplace(id, text);
+  if (!inserted && it->second != text) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": id ", id, " is given to both '", it->second, "' and '", text, "'"));
+  }
+  by_text[text] = id;
+  return absl::OkStatus();
+}
+
+// added_tokens.json: {"<|user|>": 32010, ...}.
+absl::Status ReadAddedTokensJson(const std::string& path, std::map<std::string, int32_t>& by_text,
+                                 std::map<int32_t, std::string>& by_id) {
+  PDSERVE_ASSIGN_OR_RETURN(Json json, ParseJsonFile(path));
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": must be an object of text -> id"));
+  }
+  for (auto it = json.begin(); it != json.end(); ++it) {
+    PDSERVE_RETURN_IF_ERROR(AddToken(path, it.key(), it.value(), by_text, by_id));
+  }
+  return absl::OkStatus();
+}
+
+// tokenizer.json (Hugging Face tokenizers): "added_tokens": [{"id": 32010,
+// "content": "<|user|>", ...}, ...].
+absl::Status ReadTokenizerJson(const std::string& path, std::map<std::string, int32_t>& by_text,
+                               std::map<int32_t, std::string>& by_id) {
+  PDSERVE_ASSIGN_OR_RETURN(Json json, ParseJsonFile(path));
+  if (!json.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": must be an object"));
+  auto list = json.find("added_tokens");
+  if (list == json.end() || list->is_null()) return absl::OkStatus();
+  if (!list->is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": field 'added_tokens' must be a list"));
+  }
+  for (const Json& entry : *list) {
+    if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string() ||
+        !entry.contains("id")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": each 'added_tokens' entry needs a string 'content' and an 'id', got ",
+          entry.dump()));
+    }
+    PDSERVE_RETURN_IF_ERROR(
+        AddToken(path, entry["content"].get<std::string>(), entry["id"], by_text, by_id));
+  }
+  return absl::OkStatus();
+}
+
+bool EndsWithReplacementCharacter(const std::string& text) {
+  return text.size() >= kReplacementCharacter.size() &&
+         text.compare(text.size() - kReplacementCharacter.size(), kReplacementCharacter.size(),
+                      kReplacementCharacter) == 0;
+}
+
+// The part of `longer` after `shorter`. When `shorter` is not a byte prefix
+// (it ended in U+FFFD that later ids completed), starts after the longest
+// common prefix, backed off to a UTF-8 character boundary.
+std::string Suffix(const std::string& longer, const std::string& shorter) {
+  size_t common = 0;
+  const size_t limit = std::min(longer.size(), shorter.size());
+  while (common < limit && longer[common] == shorter[common]) ++common;
+  if (common < shorter.size()) {
+    while (common > 0 && (static_cast<unsigned char>(longer[common]) & 0xC0) == 0x80) --common;
+  }
+  return longer.substr(common);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
+  const std::string model_path = JoinPath(model_dir, "tokenizer.model");
+  if (!RegularFileExists(model_path)) {
+    return absl::NotFoundError(absl::StrCat(model_path, ": no such file"));
+  }
+  std::unique_ptr<Tokenizer> tokenizer(new Tokenizer());
+  tokenizer->sp_ = std::make_unique<SentencePieceModel>();
+  std::string error;
+  if (!tokenizer->sp_->Load(model_path, &error)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_path, ": sentencepiece rejects it: ", error));
+  }
+  const std::string added_tokens_path = JoinPath(model_dir, "added_tokens.json");
+  const std::string tokenizer_json_path = JoinPath(model_dir, "tokenizer.json");
+  if (RegularFileExists(added_tokens_path)) {
+    PDSERVE_RETURN_IF_ERROR(
+        ReadAddedTokensJson(added_tokens_path, tokenizer->added_by_text_, tokenizer->added_by_id_));
+  } else if (RegularFileExists(tokenizer_json_path)) {
+    PDSERVE_RETURN_IF_ERROR(
+        ReadTokenizerJson(tokenizer_json_path, tokenizer->added_by_text_, tokenizer->added_by_id_));
+  }
+  return tokenizer;
+}
+
+Tokenizer::~Tokenizer() = default;
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+  std::vector<int32_t> ids;
+  if (add_bos && sp_->bos_id() >= 0) ids.push_back(sp_->bos_id());
+  // Like Hugging Face's legacy LlamaTokenizer, each stretch between added
+  // tokens is encoded on its own, so each gets SentencePiece's dummy prefix.
+  auto encode_segment = [&](std::string_view segment) {
+    if (segment.empty()) return;
+    for (int id : sp_->Encode(segment)) ids.push_back(id);
+  };
+  size_t segment_start = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    // Added tokens starting with this byte form one contiguous range of the
+    // sorted map; take the longest that matches here.
+    const std::string first_byte(1, text[pos]);
+    size_t best_length = 0;
+    int32_t best_id = -1;
+    for (auto it = added_by_text_.lower_bound(first_byte);
+         it != added_by_text_.end() && it->first[0] == text[pos]; ++it) {
+      const std::string& candidate = it->first;
+      if (candidate.size() > best_length && text.substr(pos, candidate.size()) == candidate) {
+        best_length = candidate.size();
+        best_id = it->second;
+      }
+    }
+    if (best_length == 0) {
+      ++pos;
+      continue;
+    }
+    encode_segment(text.substr(segment_start, pos - segment_start));
+    ids.push_back(best_id);
+    pos += best_length;
+    segment_start = pos;
+  }
+  encode_segment(text.substr(segment_start));
+  return ids;
+}
+
+std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
+  // Runs of SentencePiece ids are decoded together (so byte-fallback pieces
+  // join into characters); an added token ends a run. Each run drops its
+  // leading dummy-prefix space, mirroring Encode's per-segment encoding, so
+  // Decode(Encode(text)) == text.
+  std::string text;
+  std::vector<int> run;
+  const int piece_size = sp_->PieceSize();
+  auto flush_run = [&]() {
+    if (run.empty()) return;
+    text += sp_->Decode(run);
+    run.clear();
+  };
+  for (int32_t id : ids) {
+    if (id >= 0 && id < piece_size) {
+      run.push_back(id);
+      continue;
+    }
+    auto added = added_by_id_.find(id);
+    if (added == added_by_id_.end()) continue;  // outside every vocabulary: nothing to render
+    flush_run();
+    text += added->second;
+  }
+  flush_run();
+  return text;
+}
+
+std::string Tokenizer::IdToPiece(int32_t id) const {
+  if (id >= 0 && id < sp_->PieceSize()) return sp_->IdToPiece(id);
+  auto added = added_by_id_.find(id);
+  return added == added_by_id_.end() ? std::string() : added->second;
+}
+
+int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
+
+int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
+
+int Tokenizer::vocab_size() const {
+  int size = sp_->PieceSize();
+  if (!added_by_id_.empty()) size = std::max(size, added_by_id_.rbegin()->first + 1);
+  return size;
+}
+
+IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer,
+                                               std::span<const int32_t> context)
+    : tokenizer_(tokenizer),
+      ids_(context.begin(), context.end()),
+      prefix_offset_(0),
+      read_offset_(context.size()) {}
+
+std::string IncrementalDetokenizer::Push(int32_t id) {
+  ids_.push_back(id);
+  const std::span<const int32_t> all(ids_);
+  // The window starts at prefix_offset_ so that both decodes drop the same
+  // leading space; their difference is what the new ids add.
+  const std::string prefix_text =
+      tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  const std::string new_text = tokenizer_->Decode(all.subspan(prefix_offset_));
+  if (new_text.size() <= prefix_text.size() || EndsWithReplacementCharacter(new_text)) {
+    return std::string();  // nothing yet, or a character still incomplete
+  }
+  prefix_offset_ = read_offset_;
+  read_offset_ = ids_.size();
+  return Suffix(new_text, prefix_text);
+}
+
+std::string IncrementalDetokenizer::Flush() {
+  if (read_offset_ == ids_.size()) return std::string();
+  const std::span<const int32_t> all(ids_);
+  const std::string prefix_text =
+      tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  const std::string new_text = tokenizer_->Decode(all.subspan(prefix_offset_));
+  prefix_offset_ = read_offset_;
+  read_offset_ = ids_.size();
+  return Suffix(new_text, prefix_text);
+}
+
+}  // namespace pdserve
