@@ -32,7 +32,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device) 
 #endif
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("--device: unknown device '", device, "' (expected cpu, cuda or auto)"));
+      absl::StrCat("--device: unknown device '", std::string(device), "' (expected cpu, cuda or auto)"));
 }
 
 }  // namespace pdserve

@@ -9,12 +9,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/causal_attention.h"
 #include "kernels/cuda/convert.h"
+#include "kernels/cuda/device_memory_pool.h"
 #include "kernels/cuda/element_type.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/kv_gather.h"
@@ -91,20 +93,22 @@ const char* CublasStatusName(cublasStatus_t status) {
   }
 }
 
-// Device memory from cudaMalloc, freed when the buffer is destroyed. Freeing
-// needs no Backend, so buffers may outlive the backend that made them.
+// A block of the backend's memory pool, returned to it when the buffer is
+// destroyed. The buffer shares ownership of the pool, so buffers may outlive
+// the backend that made them.
 class CudaBuffer final : public DeviceBuffer {
  public:
-  CudaBuffer(size_t num_elements, DType dtype, void* data)
-      : DeviceBuffer(num_elements, dtype), data_(data) {}
-  ~CudaBuffer() override {
-    if (data_ != nullptr) cudaFree(data_);
-  }
+  CudaBuffer(size_t num_elements, DType dtype, std::shared_ptr<gpu::DeviceMemoryPool> pool,
+             void* data, size_t capacity)
+      : DeviceBuffer(num_elements, dtype), pool_(std::move(pool)), data_(data), capacity_(capacity) {}
+  ~CudaBuffer() override { pool_->Free(data_, capacity_); }
   void* data() override { return data_; }
   const void* data() const override { return data_; }
 
  private:
+  std::shared_ptr<gpu::DeviceMemoryPool> pool_;
   void* data_;
+  size_t capacity_;
 };
 
 // Device scratch that grows on demand and is freed with its owner.
@@ -164,6 +168,10 @@ class DeviceScratch {
 //
 // Linear layers: cublasGemmEx, bf16 x bf16 with float32 accumulation
 // (CUBLAS_COMPUTE_32F), float32 (or bf16) output.
+//
+// Memory: plain device memory from cudaMalloc (never managed memory), cached
+// for reuse by DeviceMemoryPool. All work runs in order on one stream; a
+// device failure is kept (sticky) and returned by the next Synchronize.
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
@@ -213,18 +221,19 @@ class CudaBackend final : public Backend {
     }
     const size_t bytes = num_elements * element_size;
     void* data = nullptr;
+    size_t capacity = 0;
     if (bytes > 0) {
-      const cudaError_t status = cudaMalloc(&data, bytes);
+      const cudaError_t status = pool_->Allocate(bytes, &data, &capacity);
       if (status != cudaSuccess) {
         cudaGetLastError();  // an allocation failure is not sticky; clear it
         const std::string message =
-            absl::StrCat("cuda Allocate: cudaMalloc of ", bytes, " bytes (", num_elements, " ",
+            absl::StrCat("cuda Allocate: ", bytes, " bytes (", num_elements, " ",
                          Name(dtype), "): ", cudaGetErrorString(status));
         if (status == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
         return absl::InternalError(message);
       }
     }
-    return std::make_unique<CudaBuffer>(num_elements, dtype, data);
+    return std::make_unique<CudaBuffer>(num_elements, dtype, pool_, data, capacity);
   }
 
   absl::StatusOr<BufferPtr> UploadWeight(std::span<const HostTensor> row_blocks) override {
@@ -711,6 +720,7 @@ class CudaBackend final : public Backend {
   }
 
   CudaBackendOptions options_;
+  std::shared_ptr<gpu::DeviceMemoryPool> pool_ = std::make_shared<gpu::DeviceMemoryPool>();
   cudaStream_t stream_;
   cublasHandle_t cublas_;
   absl::Status sticky_;      // first device failure since the last Synchronize
