@@ -9,8 +9,8 @@ namespace pdserve::bench {
 
 absl::StatusOr<PoissonArrivals> PoissonArrivals::Create(double rate_per_s, uint64_t seed) {
   if (!std::isfinite(rate_per_s) || rate_per_s <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request_rate is ", rate_per_s, " requests/s; must be a finite value > 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_rate is ", rate_per_s, " requests/s; must be a finite value > 0"));
   }
   return PoissonArrivals(rate_per_s, seed);
 }

@@ -35,7 +35,8 @@ TEST(PercentileTest, MatchesSortBasedReference) {
   const double percents[] = {0, 0.1, 1, 25, 50, 63.7, 90, 99, 99.9, 100};
   for (size_t n : {1u, 2u, 3u, 7u, 10u, 101u, 1000u, 4097u}) {
     for (bool ties : {false, true}) {
-      const std::vector<double> values = RandomSamples(n, static_cast<uint32_t>(n * 2 + ties), ties);
+      const std::vector<double> values =
+          RandomSamples(n, static_cast<uint32_t>(n * 2 + ties), ties);
       for (double p : percents) {
         auto got = Percentile(values, p);
         ASSERT_TRUE(got.ok()) << got.status();
@@ -68,7 +69,8 @@ TEST(PercentileTest, RejectsEmptyInputAndOutOfRangePercent) {
 TEST(SummarizeTest, MatchesSortBasedReference) {
   for (size_t n : {1u, 2u, 9u, 500u, 2001u}) {
     for (bool ties : {false, true}) {
-      const std::vector<double> values = RandomSamples(n, static_cast<uint32_t>(n + 77 + ties), ties);
+      const std::vector<double> values =
+          RandomSamples(n, static_cast<uint32_t>(n + 77 + ties), ties);
       const LatencySummary s = Summarize(values);
       double sum = 0;
       for (double v : values) sum += v;
