@@ -48,7 +48,8 @@ ABSL_FLAG(int, prefill_connect_timeout_ms, 30000,
 ABSL_FLAG(int64_t, prefill_max_chunk_bytes, 0,
           "KvChunk size asked of the prefill (0: the prefill's default)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message sent or received, bytes");
-ABSL_FLAG(int, shutdown_grace_ms, 5000, "how long in-flight streams may finish at shutdown");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "how long in-flight streams may finish at shutdown");
 
 namespace pdserve {
 namespace {
@@ -213,8 +214,7 @@ int Run(const sigset_t& stop_signals) {
   (*server)->GetHealthCheckService()->Shutdown();  // NOT_SERVING from now on
   // In-flight streams get the grace period (the engine keeps serving them),
   // then gRPC cancels the rest, which the engine ends at once.
-  (*server)->Shutdown(absl::ToChronoTime(absl::Now() +
-                                         absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms))));
+  (*server)->Shutdown(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_shutdown_grace)));
   engine.Shutdown();
   (*server)->Wait();
   LOG(INFO) << "stopped";

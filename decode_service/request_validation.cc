@@ -27,7 +27,7 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(const v1::GenerateRequ
   out.sampling.seed = sampling.has_seed() ? sampling.seed() : fallback_seed;
   absl::Status sampling_ok = ValidateSamplingParams(out.sampling);
   if (!sampling_ok.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.", sampling_ok.message()));
+    return sampling_ok;  // already names the field as sampling.NAME
   }
 
   const int requested = request.stopping().max_new_tokens();

@@ -1,0 +1,337 @@
+// The decode engine in-process, with an in-process prefill (no gRPC): greedy
+// output against the model's known continuation, batching against solo runs,
+// seeded sampling, and every way a request can end, each checked for KV
+// blocks coming back.
+#include "decode_service/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "decode_service/serving_model.h"
+#include "tests/decode_service/local_prefill_runner.h"
+#include "tests/decode_service/recording_observer.h"
+#include "tests/testing/test_paths.h"
+
+namespace pdserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+const char* const kPrompts[] = {
+    "Once upon a time",  "The little dog",     "Lily and Tom went to", "One day, a big bird",
+    "The sun was hot and", "Mom said", "There was a tree", "Ben liked to play with his"};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<ServingModel>> model =
+        ServingModel::Load(Stories260KDir(), "cpu");
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(model).value();
+    absl::StatusOr<std::unique_ptr<LocalPrefillRunner>> runner =
+        LocalPrefillRunner::Create(Stories260KDir());
+    ASSERT_TRUE(runner.ok()) << runner.status();
+    runner_ = std::move(runner).value();
+  }
+
+  void TearDown() override {
+    if (engine_ != nullptr) engine_->Shutdown();
+    if (cache_ != nullptr) {
+      EXPECT_EQ(cache_->num_free_blocks(), cache_->num_blocks()) << "KV blocks leaked";
+    }
+  }
+
+  void MakeEngine(int num_blocks = 512, int block_size = 16, int max_batch_size = 64,
+                  int max_queue = 256) {
+    const ModelConfig& config = model_->config();
+    KvCacheOptions kv;
+    kv.num_blocks = num_blocks;
+    kv.block_size = block_size;
+    kv.num_layers = config.num_layers;
+    kv.num_kv_heads = config.num_kv_heads;
+    kv.head_dim = config.head_dim;
+    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(&model_->backend(), kv);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    cache_ = std::move(cache).value();
+    EngineOptions options;
+    options.max_batch_size = max_batch_size;
+    options.max_queue = max_queue;
+    options.eos_token_ids = config.eos_token_ids;
+    options.context_limit = config.max_position_embeddings;
+    engine_ = std::make_unique<Engine>(&model_->transformer(), cache_.get(), runner_.get(),
+                                       options);
+  }
+
+  GenerationRequest Request(const std::string& prompt, int max_new_tokens) {
+    GenerationRequest request;
+    request.prompt = model_->tokenizer().Encode(prompt, /*add_bos=*/true);
+    request.max_new_tokens = max_new_tokens;
+    return request;
+  }
+
+  // Runs one request to its end.
+  std::vector<int32_t> GenerateAlone(const GenerationRequest& request) {
+    RecordingObserver observer;
+    absl::StatusOr<Engine::RequestId> id = engine_->Submit(request, &observer);
+    EXPECT_TRUE(id.ok()) << id.status();
+    if (!id.ok()) return {};
+    EXPECT_TRUE(observer.WaitDone());
+    EXPECT_TRUE(observer.status().ok()) << observer.status();
+    return observer.token_ids();
+  }
+
+  std::string Text(const std::vector<int32_t>& ids) { return model_->tokenizer().Decode(ids); }
+
+  std::unique_ptr<ServingModel> model_;
+  std::unique_ptr<LocalPrefillRunner> runner_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(EngineTest, GreedyContinuationOfOnceUponATimeNamesLily) {
+  MakeEngine();
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 64), &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  ASSERT_TRUE(observer.status().ok()) << observer.status();
+  EXPECT_THAT(Text(observer.token_ids()), HasSubstr("there was a little girl named Lily"));
+
+  const std::vector<TokenEvent> events = observer.events();
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].index, static_cast<int>(i));
+    EXPECT_EQ(events[i].finish.has_value(), i + 1 == events.size());
+  }
+  const GenerationSummary summary = *observer.summary();
+  EXPECT_EQ(summary.generated_tokens, static_cast<int>(events.size()));
+  EXPECT_EQ(summary.prompt_tokens, static_cast<int>(Request("Once upon a time", 1).prompt.size()));
+  EXPECT_GE(summary.timings.total_ms, summary.timings.ttft_ms);
+  EXPECT_GE(summary.timings.ttft_ms, 0);
+  EXPECT_EQ(observer.terminal_calls(), 1);
+  EXPECT_EQ(observer.calls_after_terminal(), 0);
+}
+
+TEST_F(EngineTest, MaxNewTokensEndsWithLengthAfterExactlyThatMany) {
+  MakeEngine();
+  GenerationRequest request = Request("Once upon a time", 7);
+  request.ignore_eos = true;
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(request, &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  ASSERT_TRUE(observer.status().ok()) << observer.status();
+  EXPECT_EQ(observer.token_ids().size(), 7u);
+  EXPECT_EQ(observer.summary()->reason, FinishReason::kLength);
+  EXPECT_EQ(observer.summary()->generated_tokens, 7);
+}
+
+TEST_F(EngineTest, EosEndsTheSequenceAndIsTheLastToken) {
+  MakeEngine();
+  // Long enough for the story to end; whichever way it ends, EOS can only be
+  // the last token, and only then is the reason EOS.
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 400), &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  ASSERT_TRUE(observer.status().ok()) << observer.status();
+  const std::vector<TokenEvent> events = observer.events();
+  const std::vector<int32_t>& eos = model_->config().eos_token_ids;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    EXPECT_FALSE(events[i].is_eos) << "EOS at " << i << " did not end the sequence";
+  }
+  const bool last_is_eos = std::count(eos.begin(), eos.end(), events.back().token_id) > 0;
+  EXPECT_EQ(events.back().is_eos, last_is_eos);
+  EXPECT_EQ(observer.summary()->reason == FinishReason::kEos, last_is_eos);
+}
+
+TEST_F(EngineTest, ConcurrentSequencesGetTheirSoloGreedyTokens) {
+  MakeEngine();
+  std::vector<std::vector<int32_t>> alone;
+  for (const char* prompt : kPrompts) alone.push_back(GenerateAlone(Request(prompt, 40)));
+
+  std::vector<std::unique_ptr<RecordingObserver>> observers;
+  for (const char* prompt : kPrompts) {
+    observers.push_back(std::make_unique<RecordingObserver>());
+    ASSERT_TRUE(engine_->Submit(Request(prompt, 40), observers.back().get()).ok());
+  }
+  for (size_t i = 0; i < observers.size(); ++i) {
+    ASSERT_TRUE(observers[i]->WaitDone());
+    ASSERT_TRUE(observers[i]->status().ok()) << observers[i]->status();
+    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "prompt: " << kPrompts[i];
+  }
+}
+
+TEST_F(EngineTest, BatchCapBelowTheLoadStillGivesSoloTokens) {
+  MakeEngine(/*num_blocks=*/512, /*block_size=*/16, /*max_batch_size=*/3);
+  std::vector<std::vector<int32_t>> alone;
+  for (const char* prompt : kPrompts) alone.push_back(GenerateAlone(Request(prompt, 24)));
+  std::vector<std::unique_ptr<RecordingObserver>> observers;
+  for (const char* prompt : kPrompts) {
+    observers.push_back(std::make_unique<RecordingObserver>());
+    ASSERT_TRUE(engine_->Submit(Request(prompt, 24), observers.back().get()).ok());
+  }
+  for (size_t i = 0; i < observers.size(); ++i) {
+    ASSERT_TRUE(observers[i]->WaitDone());
+    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "prompt: " << kPrompts[i];
+  }
+}
+
+TEST_F(EngineTest, SeededSamplingIsReproducibleAndSeedsMatter) {
+  MakeEngine();
+  auto sampled = [&](uint64_t seed) {
+    GenerationRequest request = Request("Once upon a time", 48);
+    request.sampling.temperature = 1.0f;
+    request.sampling.top_k = 40;
+    request.sampling.top_p = 0.95f;
+    request.sampling.seed = seed;
+    request.ignore_eos = true;
+    return GenerateAlone(request);
+  };
+  const std::vector<int32_t> first = sampled(1234);
+  EXPECT_EQ(sampled(1234), first);
+  bool any_differs = false;
+  for (uint64_t seed = 1; seed <= 4; ++seed) any_differs |= sampled(seed) != first;
+  EXPECT_TRUE(any_differs) << "four other seeds all reproduced seed 1234's tokens";
+}
+
+TEST_F(EngineTest, CancelMidStreamFreesBlocksAndTheEngineKeepsServing) {
+  MakeEngine();
+  const int free_at_start = cache_->num_free_blocks();
+  GenerationRequest request = Request("Once upon a time", 400);
+  request.ignore_eos = true;
+  RecordingObserver observer;
+  std::atomic<Engine::RequestId> id{0};
+  observer.on_token = [&](const TokenEvent& event) {
+    if (event.index == 3) {
+      while (id.load() == 0) std::this_thread::yield();
+      engine_->Cancel(id.load());  // from the engine thread itself
+    }
+  };
+  absl::StatusOr<Engine::RequestId> submitted = engine_->Submit(request, &observer);
+  ASSERT_TRUE(submitted.ok());
+  id = *submitted;
+  ASSERT_TRUE(observer.WaitDone());
+  EXPECT_EQ(observer.status().code(), absl::StatusCode::kCancelled) << observer.status();
+  EXPECT_LT(observer.token_ids().size(), 400u);
+  EXPECT_EQ(observer.terminal_calls(), 1);
+  EXPECT_EQ(cache_->num_free_blocks(), free_at_start);
+  engine_->Cancel(*submitted);  // already ended: a no-op
+
+  EXPECT_THAT(Text(GenerateAlone(Request("Once upon a time", 64))),
+              HasSubstr("there was a little girl named Lily"));
+  EXPECT_EQ(cache_->num_free_blocks(), free_at_start);
+}
+
+TEST_F(EngineTest, CancelWhilePrefillingOrWaitingFreesBlocks) {
+  // One block: the first request holds it during its (held) prefill, the
+  // second waits in the queue.
+  MakeEngine(/*num_blocks=*/1, /*block_size=*/16);
+  runner_->set_hold(true);
+  RecordingObserver prefilling, waiting;
+  absl::StatusOr<Engine::RequestId> a = engine_->Submit(Request("Once upon a time", 8), &prefilling);
+  absl::StatusOr<Engine::RequestId> b = engine_->Submit(Request("The little dog", 8), &waiting);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(runner_->WaitForHeld(1, absl::Seconds(30)));
+  EXPECT_EQ(engine_->stats().waiting, 1);
+  EXPECT_EQ(cache_->num_free_blocks(), 0);
+
+  engine_->Cancel(*b);
+  ASSERT_TRUE(waiting.WaitDone());
+  EXPECT_EQ(waiting.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(waiting.token_ids().empty());
+
+  engine_->Cancel(*a);
+  ASSERT_TRUE(prefilling.WaitDone());
+  EXPECT_EQ(prefilling.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(cache_->num_free_blocks(), 1);
+  EXPECT_EQ(engine_->stats().waiting, 0);
+
+  runner_->set_hold(false);
+  EXPECT_FALSE(GenerateAlone(Request("Once upon a time", 4)).empty());
+}
+
+TEST_F(EngineTest, FullQueueIsResourceExhaustedAndQueuedRequestsRunLater) {
+  MakeEngine(/*num_blocks=*/1, /*block_size=*/16, /*max_batch_size=*/64, /*max_queue=*/1);
+  runner_->set_hold(true);
+  RecordingObserver first, second, third;
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 4), &first).ok());
+  ASSERT_TRUE(engine_->Submit(Request("The little dog", 4), &second).ok());
+  absl::StatusOr<Engine::RequestId> rejected = engine_->Submit(Request("Mom said", 4), &third);
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(rejected.status().message(), HasSubstr("--max_queue 1"));
+  EXPECT_EQ(third.terminal_calls(), 0);
+
+  runner_->set_hold(false);
+  ASSERT_TRUE(first.WaitDone());
+  ASSERT_TRUE(second.WaitDone());
+  EXPECT_TRUE(first.status().ok()) << first.status();
+  EXPECT_TRUE(second.status().ok()) << second.status();
+  EXPECT_EQ(cache_->num_free_blocks(), 1);
+}
+
+TEST_F(EngineTest, PromptLargerThanThePoolIsRejectedAtOnce) {
+  MakeEngine(/*num_blocks=*/1, /*block_size=*/4);
+  RecordingObserver observer;
+  absl::StatusOr<Engine::RequestId> id = engine_->Submit(Request("Once upon a time", 4), &observer);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(id.status().message(), HasSubstr("--kv_cache_blocks"));
+  EXPECT_EQ(cache_->num_free_blocks(), 1);
+}
+
+TEST_F(EngineTest, EmptyPoolEndsAGrowingSequenceWithLength) {
+  // Two blocks of 4 tokens hold 8 positions. The last generated token never
+  // needs a slot of its own, so a prompt of p tokens can produce 8 - p + 1.
+  MakeEngine(/*num_blocks=*/2, /*block_size=*/4);
+  GenerationRequest request = Request("Once upon a time", 100);
+  request.ignore_eos = true;
+  const int prompt_tokens = static_cast<int>(request.prompt.size());
+  ASSERT_LE(prompt_tokens + 1, 8);
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(request, &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  ASSERT_TRUE(observer.status().ok()) << observer.status();
+  EXPECT_EQ(observer.summary()->reason, FinishReason::kLength);
+  EXPECT_EQ(observer.summary()->generated_tokens, 8 - prompt_tokens + 1);
+  EXPECT_EQ(cache_->num_free_blocks(), 2);
+}
+
+TEST_F(EngineTest, PrefillFailureReachesTheObserverAndFreesBlocks) {
+  MakeEngine();
+  const int free_at_start = cache_->num_free_blocks();
+  runner_->set_failure(absl::UnavailableError("prefill went away"));
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 8), &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  EXPECT_EQ(observer.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(observer.status().message(), HasSubstr("prefill went away"));
+  EXPECT_EQ(cache_->num_free_blocks(), free_at_start);
+
+  runner_->set_failure(absl::OkStatus());
+  EXPECT_FALSE(GenerateAlone(Request("Once upon a time", 4)).empty());
+}
+
+TEST_F(EngineTest, ShutdownEndsEveryRequestWithUnavailable) {
+  MakeEngine(/*num_blocks=*/1, /*block_size=*/16);
+  runner_->set_hold(true);
+  RecordingObserver prefilling, waiting;
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 8), &prefilling).ok());
+  ASSERT_TRUE(engine_->Submit(Request("The little dog", 8), &waiting).ok());
+  ASSERT_TRUE(runner_->WaitForHeld(1, absl::Seconds(30)));
+  engine_->Shutdown();
+  EXPECT_EQ(prefilling.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(waiting.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(prefilling.terminal_calls(), 1);
+  EXPECT_EQ(waiting.terminal_calls(), 1);
+  EXPECT_EQ(cache_->num_free_blocks(), 1);
+
+  RecordingObserver late;
+  EXPECT_EQ(engine_->Submit(Request("Mom said", 4), &late).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace pdserve

@@ -1,0 +1,273 @@
+// PrefillClient against an in-process PrefillService that runs the real
+// Transformer::Prefill: the KV that lands in the cache is compared with a
+// direct forward pass, and every malformed or broken stream must fail with
+// its documented code.
+#include "decode_service/prefill_client.h"
+
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "decode_service/prefill_target.h"
+#include "decode_service/serving_model.h"
+#include "shared/kv_cache.h"
+#include "tests/decode_service/fake_prefill_service.h"
+#include "tests/testing/random_checkpoint.h"
+#include "tests/testing/test_paths.h"
+
+namespace pdserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A Llama-shaped checkpoint with random weights: not stories260K.
+RandomCheckpointOptions OtherModel() {
+  RandomCheckpointOptions options;
+  options.architecture = "LlamaForCausalLM";
+  options.num_layers = 2;
+  options.hidden_size = 64;
+  options.num_heads = 8;
+  options.num_kv_heads = 4;
+  options.intermediate_size = 96;
+  options.vocab_size = 32000;
+  options.max_position_embeddings = 512;
+  options.dtype = DType::kF32;
+  options.seed = 7;
+  return options;
+}
+
+class PrefillClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<FakePrefillServer>> fake =
+        FakePrefillServer::Start(Stories260KDir());
+    ASSERT_TRUE(fake.ok()) << fake.status();
+    fake_ = std::move(fake).value();
+    absl::StatusOr<std::unique_ptr<ServingModel>> model =
+        ServingModel::Load(Stories260KDir(), "cpu");
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(model).value();
+    const ModelConfig& config = model_->config();
+    KvCacheOptions kv;
+    kv.num_blocks = 64;
+    kv.block_size = 4;
+    kv.num_layers = config.num_layers;
+    kv.num_kv_heads = config.num_kv_heads;
+    kv.head_dim = config.head_dim;
+    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(&model_->backend(), kv);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    cache_ = std::move(cache).value();
+    client_ = MakeClient(fake_->address());
+    prompt_ = model_->tokenizer().Encode("Once upon a time, in a big forest", true);
+  }
+
+  std::unique_ptr<PrefillClient> MakeClient(const std::string& addresses) {
+    absl::StatusOr<std::vector<std::string>> split = SplitPrefillTargets(addresses);
+    EXPECT_TRUE(split.ok());
+    absl::StatusOr<std::string> target = PrefillChannelTarget(*split);
+    EXPECT_TRUE(target.ok()) << target.status();
+    PrefillClientOptions options;
+    options.channel_target = *target;
+    return std::make_unique<PrefillClient>(
+        options, PrefillExpectation::For(model_->config(), model_->fingerprint()));
+  }
+
+  struct Run {
+    std::shared_ptr<PrefillCall> call;
+    std::future<absl::StatusOr<PrefillResult>> result;
+  };
+
+  // Starts a prefill of prompt_ into `lease`.
+  Run StartPrefill(PrefillClient& client, KvCache::Sequence* lease,
+                   absl::Time deadline = absl::InfiniteFuture()) {
+    auto promise = std::make_shared<std::promise<absl::StatusOr<PrefillResult>>>();
+    Run run;
+    run.result = promise->get_future();
+    PrefillJob job;
+    job.request_id = "test";
+    job.token_ids = prompt_;
+    job.deadline = deadline;
+    job.write_kv = [this, lease](int layer, int first, int count, const void* k, const void* v,
+                                 DType dtype) {
+      return cache_->WriteTokens(*lease, layer, first, count, k, v, dtype);
+    };
+    run.call = client.Start(std::move(job), [promise](absl::StatusOr<PrefillResult> result) {
+      promise->set_value(std::move(result));
+    });
+    return run;
+  }
+
+  absl::StatusOr<PrefillResult> PrefillNow(const FakePrefillOptions& options) {
+    fake_->service().set_options(options);
+    absl::StatusOr<std::unique_ptr<KvCache::Sequence>> lease =
+        cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+    EXPECT_TRUE(lease.ok());
+    Run run = StartPrefill(*client_, lease->get());
+    return run.result.get();
+  }
+
+  std::unique_ptr<FakePrefillServer> fake_;
+  std::unique_ptr<ServingModel> model_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<PrefillClient> client_;
+  std::vector<int32_t> prompt_;
+};
+
+TEST_F(PrefillClientTest, KvInTheCacheEqualsADirectForwardPass) {
+  for (DType wire : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string(DTypeName(wire)));
+    FakePrefillOptions options;
+    options.wire_dtype = wire;
+    options.chunk_tokens = 3;  // ranges that straddle the cache's 4-token blocks
+    fake_->service().set_options(options);
+    auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+    ASSERT_TRUE(lease.ok());
+    absl::StatusOr<PrefillResult> result = StartPrefill(*client_, lease->get()).result.get();
+    ASSERT_TRUE(result.ok()) << result.status();
+
+    // The reference: the decode side's own model, run directly.
+    const ModelConfig& config = model_->config();
+    const int n = static_cast<int>(prompt_.size());
+    const size_t width = static_cast<size_t>(config.num_kv_heads) * config.head_dim;
+    std::vector<std::vector<float>> ref_k(config.num_layers), ref_v(config.num_layers);
+    Backend& backend = model_->backend();
+    absl::StatusOr<std::vector<float>> ref_hidden = model_->transformer().Prefill(
+        prompt_, [&](int layer, const DeviceBuffer& k, const DeviceBuffer& v, int count) {
+          ref_k[layer].resize(count * width);
+          ref_v[layer].resize(count * width);
+          EXPECT_TRUE(backend.CopyToHost(k, 0, count * width, ref_k[layer].data(), DType::kF32).ok());
+          return backend.CopyToHost(v, 0, count * width, ref_v[layer].data(), DType::kF32);
+        });
+    ASSERT_TRUE(ref_hidden.ok());
+    EXPECT_EQ(result->final_hidden, *ref_hidden);
+
+    auto on_wire = [wire](float x) { return wire == DType::kBF16 ? Bf16ToFloat(FloatToBf16(x)) : x; };
+    for (int layer = 0; layer < config.num_layers; ++layer) {
+      std::vector<float> k(n * width), v(n * width);
+      ASSERT_TRUE(cache_->ReadTokens(**lease, layer, 0, n, k.data(), v.data()).ok());
+      for (size_t i = 0; i < k.size(); ++i) {
+        ASSERT_EQ(k[i], on_wire(ref_k[layer][i])) << "layer " << layer << " k[" << i << "]";
+        ASSERT_EQ(v[i], on_wire(ref_v[layer][i])) << "layer " << layer << " v[" << i << "]";
+      }
+    }
+  }
+}
+
+struct FaultCase {
+  PrefillFault fault;
+  absl::StatusCode code;
+  const char* message;
+};
+
+TEST_F(PrefillClientTest, MalformedStreamsFailWithTheirCode) {
+  const FaultCase cases[] = {
+      {PrefillFault::kDuplicateChunk, absl::StatusCode::kInternal, "arrived twice"},
+      {PrefillFault::kMissingChunk, absl::StatusCode::kInternal, "KV entries"},
+      {PrefillFault::kShortChunk, absl::StatusCode::kInternal, "bytes, expected"},
+      {PrefillFault::kChunkPastPrompt, absl::StatusCode::kInternal, "outside the prompt"},
+      {PrefillFault::kWrongNumTokens, absl::StatusCode::kInternal, "num_tokens"},
+      {PrefillFault::kWrongHeadDim, absl::StatusCode::kFailedPrecondition, "head_dim"},
+      {PrefillFault::kNoFinalHidden, absl::StatusCode::kInternal, "final hidden"},
+      {PrefillFault::kFailAfterFirstLayer, absl::StatusCode::kResourceExhausted, "out of memory"},
+  };
+  for (const FaultCase& c : cases) {
+    SCOPED_TRACE(c.message);
+    FakePrefillOptions options;
+    options.fault = c.fault;
+    absl::StatusOr<PrefillResult> result = PrefillNow(options);
+    EXPECT_EQ(result.status().code(), c.code) << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr(c.message));
+  }
+  EXPECT_EQ(cache_->num_free_blocks(), cache_->num_blocks());
+  EXPECT_TRUE(PrefillNow(FakePrefillOptions()).ok());
+}
+
+TEST_F(PrefillClientTest, AnotherModelIsFailedPrecondition) {
+  TempDir dir;
+  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), OtherModel()).ok());
+  absl::StatusOr<std::unique_ptr<FakePrefillServer>> other = FakePrefillServer::Start(dir.path());
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::unique_ptr<PrefillClient> client = MakeClient((*other)->address());
+  auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(lease.ok());
+  absl::StatusOr<PrefillResult> result = StartPrefill(*client, lease->get()).result.get();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition) << result.status();
+
+  absl::Status check = CheckPrefillTargets({fake_->address(), (*other)->address()},
+                                           model_->fingerprint(), absl::Seconds(30), 64 << 20);
+  EXPECT_EQ(check.code(), absl::StatusCode::kFailedPrecondition) << check;
+  EXPECT_THAT(check.message(), HasSubstr((*other)->address()));
+  EXPECT_TRUE(CheckPrefillTargets({fake_->address()}, model_->fingerprint(), absl::Seconds(30),
+                                  64 << 20)
+                  .ok());
+}
+
+TEST_F(PrefillClientTest, UnreachableTargetIsUnavailable) {
+  const std::string dead = fake_->address();
+  fake_->Kill();
+  absl::StatusOr<PrefillResult> result = PrefillNow(FakePrefillOptions());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+
+  absl::Status check =
+      CheckPrefillTargets({dead}, model_->fingerprint(), absl::Milliseconds(300), 64 << 20);
+  EXPECT_EQ(check.code(), absl::StatusCode::kUnavailable) << check;
+  EXPECT_THAT(check.message(), HasSubstr(dead));
+}
+
+TEST_F(PrefillClientTest, PrefillDyingMidStreamIsUnavailable) {
+  FakePrefillOptions options;
+  options.fault = PrefillFault::kHoldAfterFirstChunk;
+  fake_->service().set_options(options);
+  auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(lease.ok());
+  Run run = StartPrefill(*client_, lease->get());
+  ASSERT_TRUE(fake_->service().WaitForHeld(absl::Seconds(30)));
+  fake_->Kill();
+  absl::StatusOr<PrefillResult> result = run.result.get();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+}
+
+TEST_F(PrefillClientTest, CancelIsCancelledAndDeadlineIsDeadlineExceeded) {
+  FakePrefillOptions options;
+  options.fault = PrefillFault::kHoldAfterFirstChunk;
+  fake_->service().set_options(options);
+  auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(lease.ok());
+
+  Run cancelled = StartPrefill(*client_, lease->get());
+  ASSERT_TRUE(fake_->service().WaitForHeld(absl::Seconds(30)));
+  cancelled.call->Cancel();
+  EXPECT_EQ(cancelled.result.get().status().code(), absl::StatusCode::kCancelled);
+
+  Run late = StartPrefill(*client_, lease->get(), absl::Now() + absl::Milliseconds(200));
+  EXPECT_EQ(late.result.get().status().code(), absl::StatusCode::kDeadlineExceeded);
+  fake_->service().Release();
+}
+
+TEST_F(PrefillClientTest, RoundRobinSpreadsPrefillsOverEveryTarget) {
+  absl::StatusOr<std::unique_ptr<FakePrefillServer>> second =
+      FakePrefillServer::Start(Stories260KDir());
+  ASSERT_TRUE(second.ok()) << second.status();
+  std::unique_ptr<PrefillClient> client =
+      MakeClient(fake_->address() + "," + (*second)->address());
+  // round_robin uses a target once its connection is up; within a few calls
+  // both are.
+  int runs = 0;
+  while (runs < 50 && (fake_->service().calls() == 0 || (*second)->service().calls() == 0)) {
+    auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+    ASSERT_TRUE(lease.ok());
+    absl::StatusOr<PrefillResult> result = StartPrefill(*client, lease->get()).result.get();
+    ASSERT_TRUE(result.ok()) << result.status();
+    ++runs;
+  }
+  EXPECT_GE(fake_->service().calls(), 1);
+  EXPECT_GE((*second)->service().calls(), 1);
+  EXPECT_EQ(fake_->service().calls() + (*second)->service().calls(), runs);
+}
+
+}  // namespace
+}  // namespace pdserve
