@@ -29,9 +29,9 @@ absl::StatusOr<size_t> CheckWeightRowBlocks(std::span<const HostTensor> row_bloc
     const size_t elements = static_cast<size_t>(block.num_elements());
     if (require_data &&
         (block.data == nullptr || block.num_bytes != elements * DTypeSize(block.dtype))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("UploadWeight: ", block.name, " holds ", block.num_bytes,
-                       " bytes, its shape needs ", elements * DTypeSize(block.dtype)));
+      return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " holds ",
+                                                     block.num_bytes, " bytes, its shape needs ",
+                                                     elements * DTypeSize(block.dtype)));
     }
     total += elements;
   }

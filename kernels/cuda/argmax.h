@@ -20,7 +20,8 @@ struct ArgmaxParams {
   const char* Validate() const {
     if (b < 0 || vocab <= 0) return "ArgmaxParams.b must be >= 0 and .vocab > 0";
     if (!IsValid(logits_type)) return "ArgmaxParams element type";
-    if (b > 0 && (logits == nullptr || out == nullptr)) return "ArgmaxParams.logits and .out must be set";
+    if (b > 0 && (logits == nullptr || out == nullptr))
+      return "ArgmaxParams.logits and .out must be set";
     return nullptr;
   }
 };

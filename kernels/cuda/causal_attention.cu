@@ -28,10 +28,10 @@ __global__ void __launch_bounds__(kWarps * 32) CausalAttentionKernel(CausalAtten
   extern __shared__ float smem[];
   const int hd = p.head_dim;
   const int k_stride = hd + 1;
-  float* q_tile = smem;                             // [kBlockQueries][hd]
-  float* k_tile = q_tile + kBlockQueries * hd;      // [kBlockKeys][hd + 1]
-  float* v_tile = k_tile + kBlockKeys * k_stride;   // [kBlockKeys][hd]
-  float* p_tile = v_tile + kBlockKeys * hd;         // [kBlockQueries][kBlockKeys]
+  float* q_tile = smem;                            // [kBlockQueries][hd]
+  float* k_tile = q_tile + kBlockQueries * hd;     // [kBlockKeys][hd + 1]
+  float* v_tile = k_tile + kBlockKeys * k_stride;  // [kBlockKeys][hd]
+  float* p_tile = v_tile + kBlockKeys * hd;        // [kBlockQueries][kBlockKeys]
 
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -46,8 +46,9 @@ __global__ void __launch_bounds__(kWarps * 32) CausalAttentionKernel(CausalAtten
     const int query = first_query + r;
     float value = 0.0f;
     if (query < p.num_queries) {
-      value = LoadAsFloat(p.q, p.q_type, (static_cast<size_t>(query) * p.num_heads + head) * hd + d) *
-              p.scale;
+      value =
+          LoadAsFloat(p.q, p.q_type, (static_cast<size_t>(query) * p.num_heads + head) * hd + d) *
+          p.scale;
     }
     q_tile[idx] = value;
   }
@@ -161,9 +162,9 @@ cudaError_t Launch(const CausalAttentionParams& params, cudaStream_t stream) {
   const size_t shared_bytes = SharedFloats(params.head_dim) * sizeof(float);
   if (shared_bytes > 48 * 1024) {
     // Above 48 KiB a kernel must opt in to dynamic shared memory.
-    const cudaError_t status = cudaFuncSetAttribute(
-        CausalAttentionKernel<kPerLane>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(shared_bytes));
+    const cudaError_t status = cudaFuncSetAttribute(CausalAttentionKernel<kPerLane>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    static_cast<int>(shared_bytes));
     if (status != cudaSuccess) return status;
   }
   const dim3 grid((params.num_queries + kBlockQueries - 1) / kBlockQueries, params.num_heads);
@@ -177,14 +178,22 @@ cudaError_t InvokeCausalAttention(const CausalAttentionParams& params, cudaStrea
   if (params.Validate() != nullptr) return cudaErrorInvalidValue;
   if (params.num_queries == 0) return cudaSuccess;
   switch ((params.head_dim + 31) / 32) {
-    case 1: return Launch<1>(params, stream);
-    case 2: return Launch<2>(params, stream);
-    case 3: return Launch<3>(params, stream);
-    case 4: return Launch<4>(params, stream);
-    case 5: return Launch<5>(params, stream);
-    case 6: return Launch<6>(params, stream);
-    case 7: return Launch<7>(params, stream);
-    case 8: return Launch<8>(params, stream);
+    case 1:
+      return Launch<1>(params, stream);
+    case 2:
+      return Launch<2>(params, stream);
+    case 3:
+      return Launch<3>(params, stream);
+    case 4:
+      return Launch<4>(params, stream);
+    case 5:
+      return Launch<5>(params, stream);
+    case 6:
+      return Launch<6>(params, stream);
+    case 7:
+      return Launch<7>(params, stream);
+    case 8:
+      return Launch<8>(params, stream);
   }
   return cudaErrorInvalidValue;
 }

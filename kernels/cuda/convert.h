@@ -21,7 +21,8 @@ struct ConvertParams {
 
   const char* Validate() const {
     if (!IsValid(src_type) || !IsValid(dst_type)) return "ConvertParams element type";
-    if (n > 0 && (src == nullptr || dst == nullptr)) return "ConvertParams.src and .dst must be set";
+    if (n > 0 && (src == nullptr || dst == nullptr))
+      return "ConvertParams.src and .dst must be set";
     if (n > 0 && src == dst && src_type != dst_type) {
       return "ConvertParams: in place needs src_type == dst_type";
     }

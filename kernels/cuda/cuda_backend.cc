@@ -39,14 +39,14 @@ namespace {
   std::abort();
 }
 
-#define PDSERVE_CUDA_CHECK(condition, what) \
-  do {                                      \
+#define PDSERVE_CUDA_CHECK(condition, what)                      \
+  do {                                                           \
     if (!(condition)) Die(__FILE__, __LINE__, #condition, what); \
   } while (0)
 
 // A kernel's own parameter check, failing the same way.
-#define PDSERVE_CUDA_CHECK_PARAMS(params)                                            \
-  do {                                                                               \
+#define PDSERVE_CUDA_CHECK_PARAMS(params)                                                  \
+  do {                                                                                     \
     if (const char* why = (params).Validate()) Die(__FILE__, __LINE__, "Validate()", why); \
   } while (0)
 
@@ -100,7 +100,10 @@ class CudaBuffer final : public DeviceBuffer {
  public:
   CudaBuffer(size_t num_elements, DType dtype, std::shared_ptr<gpu::DeviceMemoryPool> pool,
              void* data, size_t capacity)
-      : DeviceBuffer(num_elements, dtype), pool_(std::move(pool)), data_(data), capacity_(capacity) {}
+      : DeviceBuffer(num_elements, dtype),
+        pool_(std::move(pool)),
+        data_(data),
+        capacity_(capacity) {}
   ~CudaBuffer() override { pool_->Free(data_, capacity_); }
   void* data() override { return data_; }
   const void* data() const override { return data_; }
@@ -176,7 +179,8 @@ class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
     if (CudaDeviceCount() == 0) {
-      return absl::UnavailableError("cuda backend: no CUDA device is present (or the driver failed)");
+      return absl::UnavailableError(
+          "cuda backend: no CUDA device is present (or the driver failed)");
     }
     cudaError_t status = cudaSetDevice(0);
     if (status != cudaSuccess) {
@@ -227,8 +231,8 @@ class CudaBackend final : public Backend {
       if (status != cudaSuccess) {
         cudaGetLastError();  // an allocation failure is not sticky; clear it
         const std::string message =
-            absl::StrCat("cuda Allocate: ", bytes, " bytes (", num_elements, " ",
-                         Name(dtype), "): ", cudaGetErrorString(status));
+            absl::StrCat("cuda Allocate: ", bytes, " bytes (", num_elements, " ", Name(dtype),
+                         "): ", cudaGetErrorString(status));
         if (status == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
         return absl::InternalError(message);
       }
@@ -275,15 +279,13 @@ class CudaBackend final : public Backend {
     }
     if (n == 0) return absl::OkStatus();
     if (src.dtype() != dst_dtype && (!IsFloat(src.dtype()) || !IsFloat(dst_dtype))) {
-      return absl::InvalidArgumentError(absl::StrCat("CopyToHost: cannot convert ",
-                                                     Name(src.dtype()), " to ",
-                                                     Name(dst_dtype)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("CopyToHost: cannot convert ", Name(src.dtype()), " to ", Name(dst_dtype)));
     }
     // Results computed after a failed launch are garbage: report it here too
     // (Synchronize still returns it).
     if (!sticky_.ok()) return sticky_;
-    const char* base =
-        static_cast<const char*>(src.data()) + src_offset * DTypeSize(src.dtype());
+    const char* base = static_cast<const char*>(src.data()) + src_offset * DTypeSize(src.dtype());
     char* out = static_cast<char*>(dst);
     if (src.dtype() == dst_dtype) {
       cudaError_t status =
@@ -296,8 +298,8 @@ class CudaBackend final : public Backend {
     // conversion and the next conversion after that copy.
     const size_t chunk = kStagingBytes / DTypeSize(dst_dtype);
     void* staging = nullptr;
-    cudaError_t status = staging_.Reserve(std::min(n, chunk) * DTypeSize(dst_dtype), stream_,
-                                          &staging);
+    cudaError_t status =
+        staging_.Reserve(std::min(n, chunk) * DTypeSize(dst_dtype), stream_, &staging);
     for (size_t done = 0; status == cudaSuccess && done < n; done += chunk) {
       const size_t count = std::min(chunk, n - done);
       gpu::ConvertParams convert;
@@ -380,10 +382,9 @@ class CudaBackend final : public Backend {
     const float alpha = 1.0f;
     const float beta = accumulate ? 1.0f : 0.0f;
     const cudaDataType_t out_type = out.dtype() == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
-    const cublasStatus_t status =
-        cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w.data(), CUDA_R_16BF, k,
-                     x_bf16, CUDA_R_16BF, k, &beta, out.data(), out_type, n, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t status = cublasGemmEx(
+        cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w.data(), CUDA_R_16BF, k, x_bf16,
+        CUDA_R_16BF, k, &beta, out.data(), out_type, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (status != CUBLAS_STATUS_SUCCESS && sticky_.ok()) {
       sticky_ = absl::InternalError(absl::StrCat("cuda MatMul: cublasGemmEx (m=", m, ", n=", n,
                                                  ", k=", k, "): ", CublasStatusName(status)));
@@ -482,7 +483,8 @@ class CudaBackend final : public Backend {
     PDSERVE_CUDA_CHECK(p.num_heads > 0 && p.num_kv_heads > 0 && p.head_dim > 0,
                        "PrefillAttention sizes");
     const size_t q_elements = static_cast<size_t>(p.num_queries) * Product(p.num_heads, p.head_dim);
-    const size_t kv_elements = static_cast<size_t>(p.num_keys) * Product(p.num_kv_heads, p.head_dim);
+    const size_t kv_elements =
+        static_cast<size_t>(p.num_keys) * Product(p.num_kv_heads, p.head_dim);
     CheckFloat(q, q_elements, "PrefillAttention q [n, h, hd]");
     CheckFloat(k, kv_elements, "PrefillAttention k [t, kvh, hd]");
     CheckFloat(v, kv_elements, "PrefillAttention v [t, kvh, hd]");
@@ -631,8 +633,8 @@ class CudaBackend final : public Backend {
   static absl::Status CheckRange(const DeviceBuffer& buffer, size_t offset, size_t n,
                                  const char* what) {
     if (offset > buffer.num_elements() || n > buffer.num_elements() - offset) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": elements [", offset, ", ",
-                                                     offset + n, ") exceed the buffer's ",
+      return absl::InvalidArgumentError(absl::StrCat(what, ": elements [", offset, ", ", offset + n,
+                                                     ") exceed the buffer's ",
                                                      buffer.num_elements()));
     }
     return absl::OkStatus();
@@ -645,7 +647,8 @@ class CudaBackend final : public Backend {
 
   static void CheckIds(const DeviceBuffer& buffer, int min_elements, const char* what) {
     PDSERVE_CUDA_CHECK(buffer.dtype() == DType::kI32, what);
-    PDSERVE_CUDA_CHECK(buffer.num_elements() >= static_cast<size_t>(std::max(min_elements, 0)), what);
+    PDSERVE_CUDA_CHECK(buffer.num_elements() >= static_cast<size_t>(std::max(min_elements, 0)),
+                       what);
   }
 
   static void CheckCaches(const DeviceBuffer& k_cache, const DeviceBuffer& v_cache, int kv_width,
@@ -662,12 +665,11 @@ class CudaBackend final : public Backend {
 
   // Copies n elements from host `src` to device `dst`, converting on the
   // device when the dtypes differ. Returns once `src` may be reused.
-  absl::Status HostToDevice(const void* src, DType src_dtype, size_t n, void* dst,
-                            DType dst_dtype, const std::string& what) {
+  absl::Status HostToDevice(const void* src, DType src_dtype, size_t n, void* dst, DType dst_dtype,
+                            const std::string& what) {
     if (src_dtype != dst_dtype && (!IsFloat(src_dtype) || !IsFloat(dst_dtype))) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": cannot convert ",
-                                                     Name(src_dtype), " to ",
-                                                     Name(dst_dtype)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": cannot convert ", Name(src_dtype), " to ", Name(dst_dtype)));
     }
     const char* in = static_cast<const char*>(src);
     char* out = static_cast<char*>(dst);
@@ -723,10 +725,10 @@ class CudaBackend final : public Backend {
   std::shared_ptr<gpu::DeviceMemoryPool> pool_ = std::make_shared<gpu::DeviceMemoryPool>();
   cudaStream_t stream_;
   cublasHandle_t cublas_;
-  absl::Status sticky_;      // first device failure since the last Synchronize
-  DeviceScratch staging_;    // host<->device conversions
+  absl::Status sticky_;       // first device failure since the last Synchronize
+  DeviceScratch staging_;     // host<->device conversions
   DeviceScratch gemm_input_;  // bf16 copy of a float32 GEMM input
-  uint64_t uploads_ = 0;     // weight row blocks uploaded so far (synthetic seeds)
+  uint64_t uploads_ = 0;      // weight row blocks uploaded so far (synthetic seeds)
 };
 
 }  // namespace

@@ -18,7 +18,8 @@ __global__ void EmbeddingKernel(EmbeddingParams p) {
   }
   const size_t in_base = static_cast<size_t>(id) * p.hidden;
   for (int j = threadIdx.x; j < p.hidden; j += blockDim.x) {
-    StoreFromFloat(p.out, p.out_type, out_base + j, LoadAsFloat(p.table, p.table_type, in_base + j));
+    StoreFromFloat(p.out, p.out_type, out_base + j,
+                   LoadAsFloat(p.table, p.table_type, in_base + j));
   }
 }
 

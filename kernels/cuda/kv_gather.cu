@@ -11,7 +11,10 @@ cudaError_t InvokeKvGather(const KvGatherParams& params, cudaStream_t stream) {
                              {params.k, params.v},
                              {params.cache_type, params.cache_type},
                              {params.k_type, params.v_type},
-                             params.slot_mapping, params.n, params.kv_width, params.num_slots};
+                             params.slot_mapping,
+                             params.n,
+                             params.kv_width,
+                             params.num_slots};
   return LaunchSlotRowCopy<SlotSide::kSource>(plan, stream);
 }
 

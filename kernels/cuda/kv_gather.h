@@ -17,7 +17,7 @@ struct KvGatherParams {
   const void* v_cache = nullptr;  // [num_slots, kv_width], cache_type
   ElementType cache_type = ElementType::kBF16;
   const int32_t* slot_mapping = nullptr;  // [n]; -1 leaves row i of k and v as it is
-  void* k = nullptr;  // [n, kv_width], k_type
+  void* k = nullptr;                      // [n, kv_width], k_type
   ElementType k_type = ElementType::kBF16;
   void* v = nullptr;  // [n, kv_width], v_type
   ElementType v_type = ElementType::kBF16;

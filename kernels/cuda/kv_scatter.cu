@@ -11,7 +11,10 @@ cudaError_t InvokeKvScatter(const KvScatterParams& params, cudaStream_t stream) 
                              {params.k_cache, params.v_cache},
                              {params.k_type, params.v_type},
                              {params.cache_type, params.cache_type},
-                             params.slot_mapping, params.n, params.kv_width, params.num_slots};
+                             params.slot_mapping,
+                             params.n,
+                             params.kv_width,
+                             params.num_slots};
   return LaunchSlotRowCopy<SlotSide::kDestination>(plan, stream);
 }
 

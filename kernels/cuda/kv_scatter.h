@@ -18,11 +18,11 @@ struct KvScatterParams {
   const void* v = nullptr;  // [n, kv_width], v_type
   ElementType v_type = ElementType::kF32;
   const int32_t* slot_mapping = nullptr;  // [n]: slot = block * block_size + offset, or -1
-  void* k_cache = nullptr;  // [num_slots, kv_width], cache_type
-  void* v_cache = nullptr;  // [num_slots, kv_width], cache_type
+  void* k_cache = nullptr;                // [num_slots, kv_width], cache_type
+  void* v_cache = nullptr;                // [num_slots, kv_width], cache_type
   ElementType cache_type = ElementType::kBF16;
-  int n = 0;  // tokens; 0 launches nothing
-  int kv_width = 0;  // num_kv_heads * head_dim
+  int n = 0;          // tokens; 0 launches nothing
+  int kv_width = 0;   // num_kv_heads * head_dim
   int num_slots = 0;  // num_blocks * block_size
 
   const char* Validate() const {

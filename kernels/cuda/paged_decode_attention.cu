@@ -111,14 +111,22 @@ cudaError_t Launch(const PagedDecodeAttentionParams& params, cudaStream_t stream
 template <typename CacheT>
 cudaError_t LaunchForHeadDim(const PagedDecodeAttentionParams& params, cudaStream_t stream) {
   switch ((params.head_dim + 31) / 32) {
-    case 1: return Launch<CacheT, 1>(params, stream);
-    case 2: return Launch<CacheT, 2>(params, stream);
-    case 3: return Launch<CacheT, 3>(params, stream);
-    case 4: return Launch<CacheT, 4>(params, stream);
-    case 5: return Launch<CacheT, 5>(params, stream);
-    case 6: return Launch<CacheT, 6>(params, stream);
-    case 7: return Launch<CacheT, 7>(params, stream);
-    case 8: return Launch<CacheT, 8>(params, stream);
+    case 1:
+      return Launch<CacheT, 1>(params, stream);
+    case 2:
+      return Launch<CacheT, 2>(params, stream);
+    case 3:
+      return Launch<CacheT, 3>(params, stream);
+    case 4:
+      return Launch<CacheT, 4>(params, stream);
+    case 5:
+      return Launch<CacheT, 5>(params, stream);
+    case 6:
+      return Launch<CacheT, 6>(params, stream);
+    case 7:
+      return Launch<CacheT, 7>(params, stream);
+    case 8:
+      return Launch<CacheT, 8>(params, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -163,8 +163,8 @@ class CudaParityTest : public ::testing::Test {
     const std::vector<float> expected = Read(*cpu_, *pair.cpu, n);
     const std::vector<float> actual = Read(*cuda_, *pair.cuda, n);
     for (size_t i = 0; i < n; ++i) {
-      ASSERT_TRUE(std::isfinite(expected[i])) << what << ": CPU reference element " << i
-                                              << " is " << expected[i] << Seed();
+      ASSERT_TRUE(std::isfinite(expected[i]))
+          << what << ": CPU reference element " << i << " is " << expected[i] << Seed();
     }
     const double error = RelativeL2(actual, expected);
     EXPECT_LE(error, tolerance) << what << ": relative L2 error " << error << Seed();
@@ -354,16 +354,16 @@ TEST_F(CudaParityTest, MatMul) {
     int n, k;
   };
   for (Shape s : {Shape{96, 64}, Shape{131, 77}, Shape{1000, 3072}}) {
-    const Pair w = Weight(Random(static_cast<size_t>(s.n) * s.k, 1.0f / std::sqrt(s.k)),
-                          {s.n, s.k});
+    const Pair w =
+        Weight(Random(static_cast<size_t>(s.n) * s.k, 1.0f / std::sqrt(s.k)), {s.n, s.k});
     for (int m : kTokenCounts) {
       for (bool accumulate : {false, true}) {
         const std::string what = "MatMul m=" + std::to_string(m) + " n=" + std::to_string(s.n) +
-                                 " k=" + std::to_string(s.k) +
-                                 (accumulate ? " accumulate" : "");
+                                 " k=" + std::to_string(s.k) + (accumulate ? " accumulate" : "");
         const Pair x = Activation(Random(static_cast<size_t>(m) * s.k));
         const size_t out_elements = static_cast<size_t>(m) * s.n;
-        const Pair out = accumulate ? Activation(Random(out_elements)) : PoisonedActivation(out_elements);
+        const Pair out =
+            accumulate ? Activation(Random(out_elements)) : PoisonedActivation(out_elements);
         cpu_->MatMul(*x.cpu, *w.cpu, m, s.n, s.k, *out.cpu, accumulate);
         cuda_->MatMul(*x.cuda, *w.cuda, m, s.n, s.k, *out.cuda, accumulate);
         ExpectParity(out, out_elements, kFloat32Tolerance, what);
@@ -410,9 +410,9 @@ TEST_F(CudaParityTest, RmsNorm) {
 TEST_F(CudaParityTest, SplitQkv) {
   for (const HeadConfig& c : kHeadConfigs) {
     for (int n : kTokenCounts) {
-      const std::string what = "SplitQkv n=" + std::to_string(n) + " h=" +
-                               std::to_string(c.num_heads) + " kvh=" +
-                               std::to_string(c.num_kv_heads) + " hd=" + std::to_string(c.head_dim);
+      const std::string what =
+          "SplitQkv n=" + std::to_string(n) + " h=" + std::to_string(c.num_heads) +
+          " kvh=" + std::to_string(c.num_kv_heads) + " hd=" + std::to_string(c.head_dim);
       const size_t q_elements = static_cast<size_t>(n) * c.num_heads * c.head_dim;
       const size_t kv_elements = static_cast<size_t>(n) * c.num_kv_heads * c.head_dim;
       const Pair qkv = Activation(Random(q_elements + 2 * kv_elements));
@@ -433,8 +433,9 @@ TEST_F(CudaParityTest, Rope) {
   for (const HeadConfig& c : kHeadConfigs) {
     for (float theta : {10000.0f, 500000.0f}) {
       for (int n : kTokenCounts) {
-        const std::string what = "Rope n=" + std::to_string(n) + " hd=" +
-                                 std::to_string(c.head_dim) + " theta=" + std::to_string(theta);
+        const std::string what = "Rope n=" + std::to_string(n) +
+                                 " hd=" + std::to_string(c.head_dim) +
+                                 " theta=" + std::to_string(theta);
         std::vector<int32_t> positions(n);
         for (int32_t& p : positions) p = RandomInt(0, 4095);
         const Pair position_buffer = Indices(positions);
@@ -442,8 +443,8 @@ TEST_F(CudaParityTest, Rope) {
         const size_t k_elements = static_cast<size_t>(n) * c.num_kv_heads * c.head_dim;
         const Pair q = Activation(Random(q_elements));
         const Pair k = Activation(Random(k_elements));
-        cpu_->Rope(*q.cpu, *k.cpu, *position_buffer.cpu, n, c.num_heads, c.num_kv_heads,
-                   c.head_dim, theta);
+        cpu_->Rope(*q.cpu, *k.cpu, *position_buffer.cpu, n, c.num_heads, c.num_kv_heads, c.head_dim,
+                   theta);
         cuda_->Rope(*q.cuda, *k.cuda, *position_buffer.cuda, n, c.num_heads, c.num_kv_heads,
                     c.head_dim, theta);
         ExpectParity(q, q_elements, kFloat32Tolerance, what + " q");
@@ -471,10 +472,10 @@ TEST_F(CudaParityTest, PrefillAttention) {
     for (int n : kTokenCounts) {
       for (int past : {0, 7, 40}) {
         const int t = n + past;
-        const std::string what = "PrefillAttention n=" + std::to_string(n) + " t=" +
-                                 std::to_string(t) + " h=" + std::to_string(c.num_heads) +
-                                 " kvh=" + std::to_string(c.num_kv_heads) + " hd=" +
-                                 std::to_string(c.head_dim);
+        const std::string what = "PrefillAttention n=" + std::to_string(n) +
+                                 " t=" + std::to_string(t) + " h=" + std::to_string(c.num_heads) +
+                                 " kvh=" + std::to_string(c.num_kv_heads) +
+                                 " hd=" + std::to_string(c.head_dim);
         const size_t q_elements = static_cast<size_t>(n) * c.num_heads * c.head_dim;
         const size_t kv_elements = static_cast<size_t>(t) * c.num_kv_heads * c.head_dim;
         // Scores of a few units: softmax neither uniform nor one-hot.
@@ -482,8 +483,10 @@ TEST_F(CudaParityTest, PrefillAttention) {
         const Pair k = Kv(Random(kv_elements, 2.0f));
         const Pair v = Kv(Random(kv_elements));
         const Pair out = PoisonedActivation(q_elements);
-        const PrefillAttentionParams params{n, t, c.num_heads, c.num_kv_heads, c.head_dim,
-                                            1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+        const PrefillAttentionParams params{
+            n,           t,
+            c.num_heads, c.num_kv_heads,
+            c.head_dim,  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
         cpu_->PrefillAttention(*q.cpu, *k.cpu, *v.cpu, params, *out.cpu);
         cuda_->PrefillAttention(*q.cuda, *k.cuda, *v.cuda, params, *out.cuda);
         ExpectParity(out, q_elements, kFloat32Tolerance, what);
@@ -512,9 +515,9 @@ TEST_F(CudaParityTest, KvScatter) {
       const int num_blocks = (2 * 129 + block_size - 1) / block_size + 3;
       const int num_slots = num_blocks * block_size;
       for (int n : kTokenCounts) {
-        const std::string what = "KvScatter n=" + std::to_string(n) + " block_size=" +
-                                 std::to_string(block_size) + " kv_width=" +
-                                 std::to_string(kv_width);
+        const std::string what = "KvScatter n=" + std::to_string(n) +
+                                 " block_size=" + std::to_string(block_size) +
+                                 " kv_width=" + std::to_string(kv_width);
         const size_t cache_elements = static_cast<size_t>(num_slots) * kv_width;
         // Old cache contents stay where no token goes.
         const Pair k_cache = Kv(Random(cache_elements));
@@ -523,8 +526,7 @@ TEST_F(CudaParityTest, KvScatter) {
         const Pair v = Activation(Random(static_cast<size_t>(n) * kv_width));
         const Pair slots = Indices(RandomSlots(rng_, n, num_slots));
         cpu_->KvScatter(*k.cpu, *v.cpu, *slots.cpu, n, kv_width, *k_cache.cpu, *v_cache.cpu);
-        cuda_->KvScatter(*k.cuda, *v.cuda, *slots.cuda, n, kv_width, *k_cache.cuda,
-                         *v_cache.cuda);
+        cuda_->KvScatter(*k.cuda, *v.cuda, *slots.cuda, n, kv_width, *k_cache.cuda, *v_cache.cuda);
         ExpectParity(k_cache, cache_elements, 0.0, what + " k_cache");
         ExpectParity(v_cache, cache_elements, 0.0, what + " v_cache");
       }
@@ -544,9 +546,9 @@ TEST_F(CudaParityTest, KvGather) {
       for (int n : kTokenCounts) {
         // Into kv_dtype (streaming KV out) and activation dtype buffers.
         for (bool into_kv_dtype : {true, false}) {
-          const std::string what = "KvGather n=" + std::to_string(n) + " block_size=" +
-                                   std::to_string(block_size) + " kv_width=" +
-                                   std::to_string(kv_width) +
+          const std::string what = "KvGather n=" + std::to_string(n) +
+                                   " block_size=" + std::to_string(block_size) +
+                                   " kv_width=" + std::to_string(kv_width) +
                                    (into_kv_dtype ? " into kv_dtype" : " into activations");
           const std::vector<int32_t> slot_values = RandomSlots(rng_, n, num_slots);
           const Pair slots = Indices(slot_values);
@@ -555,8 +557,7 @@ TEST_F(CudaParityTest, KvGather) {
           const Pair k = into_kv_dtype ? Kv(poison) : Activation(poison);
           const Pair v = into_kv_dtype ? Kv(poison) : Activation(poison);
           cpu_->KvGather(*k_cache.cpu, *v_cache.cpu, *slots.cpu, n, kv_width, *k.cpu, *v.cpu);
-          cuda_->KvGather(*k_cache.cuda, *v_cache.cuda, *slots.cuda, n, kv_width, *k.cuda,
-                          *v.cuda);
+          cuda_->KvGather(*k_cache.cuda, *v_cache.cuda, *slots.cuda, n, kv_width, *k.cuda, *v.cuda);
           for (const Pair* out : {&k, &v}) {
             const std::vector<float> expected = Read(*cpu_, *out->cpu, elements);
             const std::vector<float> actual = Read(*cuda_, *out->cuda, elements);
@@ -585,8 +586,9 @@ TEST_F(CudaParityTest, PagedAttention) {
     const int kv_width = c.num_kv_heads * c.head_dim;
     for (int block_size : {1, 16}) {
       const std::string what = "PagedAttention block_size=" + std::to_string(block_size) +
-                               " h=" + std::to_string(c.num_heads) + " kvh=" +
-                               std::to_string(c.num_kv_heads) + " hd=" + std::to_string(c.head_dim);
+                               " h=" + std::to_string(c.num_heads) +
+                               " kvh=" + std::to_string(c.num_kv_heads) +
+                               " hd=" + std::to_string(c.head_dim);
       int needed = 0;
       int widest = 0;
       for (int len : lengths) {
@@ -604,7 +606,8 @@ TEST_F(CudaParityTest, PagedAttention) {
       size_t next = 0;
       for (int b = 0; b < batch; ++b) {
         const int blocks = (lengths[b] + block_size - 1) / block_size;
-        for (int j = 0; j < blocks; ++j) tables[static_cast<size_t>(b) * max_blocks_per_seq + j] = pool[next++];
+        for (int j = 0; j < blocks; ++j)
+          tables[static_cast<size_t>(b) * max_blocks_per_seq + j] = pool[next++];
       }
       const size_t cache_elements = static_cast<size_t>(num_blocks) * block_size * kv_width;
       const Pair k_cache = Kv(Random(cache_elements, 2.0f));
@@ -614,8 +617,12 @@ TEST_F(CudaParityTest, PagedAttention) {
       const Pair out = PoisonedActivation(q_elements);
       const Pair table_buffer = Indices(tables);
       const Pair length_buffer = Indices(lengths);
-      const PagedAttentionParams params{batch,      c.num_heads,        c.num_kv_heads,
-                                        c.head_dim, block_size,         max_blocks_per_seq,
+      const PagedAttentionParams params{batch,
+                                        c.num_heads,
+                                        c.num_kv_heads,
+                                        c.head_dim,
+                                        block_size,
+                                        max_blocks_per_seq,
                                         1.0f / std::sqrt(static_cast<float>(c.head_dim))};
       cpu_->PagedAttention(*q.cpu, *k_cache.cpu, *v_cache.cpu, *table_buffer.cpu,
                            *length_buffer.cpu, params, *out.cpu);

@@ -59,8 +59,8 @@ struct ModelOnBackend {
   std::unique_ptr<KvCache> cache;
 };
 
-ModelOnBackend Load(std::string_view device, const ModelConfig& config,
-                    const ModelWeights& weights, int max_sequences, int max_tokens) {
+ModelOnBackend Load(std::string_view device, const ModelConfig& config, const ModelWeights& weights,
+                    int max_sequences, int max_tokens) {
   ModelOnBackend m;
   auto backend = CreateBackend(device);
   EXPECT_TRUE(backend.ok()) << backend.status();
@@ -101,9 +101,9 @@ Prefilled PrefillInto(ModelOnBackend& m, std::span<const int32_t> prompt,
   LayerKvSink sink = [&](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
                          int num_tokens) -> absl::Status {
     std::vector<float> k_host(num_tokens * kv_width), v_host(num_tokens * kv_width);
-    absl::Status status =
-        m.backend->CopyToHost(k, 0, k_host.size(), k_host.data(), DType::kF32);
-    if (status.ok()) status = m.backend->CopyToHost(v, 0, v_host.size(), v_host.data(), DType::kF32);
+    absl::Status status = m.backend->CopyToHost(k, 0, k_host.size(), k_host.data(), DType::kF32);
+    if (status.ok())
+      status = m.backend->CopyToHost(v, 0, v_host.size(), v_host.data(), DType::kF32);
     if (status.ok()) {
       status = m.cache->WriteTokens(*out.sequence, layer, 0, num_tokens, k_host.data(),
                                     v_host.data(), DType::kF32);

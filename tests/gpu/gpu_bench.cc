@@ -227,7 +227,8 @@ std::string Format(const char* format, double value) {
 
 int ParseIntFlag(const char* arg, const char* name, int fallback) {
   const size_t length = std::strlen(name);
-  if (std::strncmp(arg, name, length) == 0 && arg[length] == '=') return std::atoi(arg + length + 1);
+  if (std::strncmp(arg, name, length) == 0 && arg[length] == '=')
+    return std::atoi(arg + length + 1);
   return fallback;
 }
 
@@ -272,7 +273,8 @@ int Run(int layers, int repeats) {
     cache_options.num_layers = config.num_layers;
     cache_options.num_kv_heads = config.num_kv_heads;
     cache_options.head_dim = config.head_dim;
-    std::unique_ptr<KvCache> cache = Value(KvCache::Create(backend.get(), cache_options), "KvCache");
+    std::unique_ptr<KvCache> cache =
+        Value(KvCache::Create(backend.get(), cache_options), "KvCache");
     for (int l = 0; l < config.num_layers; ++l) {
       FillRandom(cache->k(l).data(), cache->k(l).num_elements(), 100 + 2 * l);
       FillRandom(cache->v(l).data(), cache->v(l).num_elements(), 101 + 2 * l);
@@ -285,9 +287,8 @@ int Run(int layers, int repeats) {
     for (int b : kBatchSizes) {
       DecodeBatch batch;
       for (int i = 0; i < b; ++i) batch.Add(token(rng), kContext, *sequences[i]);
-      const Timing t = Time(3, repeats, [&] {
-        Value(model->DecodeStep(batch, *cache), "DecodeStep");
-      });
+      const Timing t =
+          Time(3, repeats, [&] { Value(model->DecodeStep(batch, *cache), "DecodeStep"); });
       const double kv_bytes = 2.0 * b * (kContext + 1) * config.num_layers * kv_width * 2;
       rows.push_back({"decode b=" + std::to_string(b) + ", ctx " + std::to_string(kContext), t,
                       Format("%.0f tok/s", b / (t.median_ms * 1e-3)),
@@ -323,9 +324,8 @@ int Run(int layers, int repeats) {
   for (int n : kPrefillLengths) {
     std::vector<int32_t> prompt(n);
     for (int32_t& id : prompt) id = token(rng);
-    const Timing t = Time(1, std::max(3, repeats / 2), [&] {
-      Value(model->Prefill(prompt, LayerKvSink()), "Prefill");
-    });
+    const Timing t = Time(1, std::max(3, repeats / 2),
+                          [&] { Value(model->Prefill(prompt, LayerKvSink()), "Prefill"); });
     const double gemm_flops = 2.0 * n * config.num_layers * LayerLinearParams(config);
     const double attention_flops = 4.0 * config.head_dim * config.num_heads * config.num_layers *
                                    (static_cast<double>(n) * (n + 1) / 2);
@@ -338,10 +338,12 @@ int Run(int layers, int repeats) {
   // The table last: the reply of a remote run carries the end of the output.
   std::printf("\n## pdserve-gpu-bench: %s, Phi-3-mini shape (%d layers), bf16 weights and KV\n",
               props.name, layers);
-  std::printf("ceilings measured in this run: device copy %.2f TB/s (read + write), cuBLAS bf16 "
-              "GEMM %.0f TFLOP/s (8192^3, random data)\n\n",
-              copy_bandwidth / 1e12, gemm_rate / 1e12);
-  std::printf("| measurement | median ms | min..max ms | rate | limit ms | limit basis | time/limit |\n");
+  std::printf(
+      "ceilings measured in this run: device copy %.2f TB/s (read + write), cuBLAS bf16 "
+      "GEMM %.0f TFLOP/s (8192^3, random data)\n\n",
+      copy_bandwidth / 1e12, gemm_rate / 1e12);
+  std::printf(
+      "| measurement | median ms | min..max ms | rate | limit ms | limit basis | time/limit |\n");
   std::printf("|---|---:|---:|---:|---:|---|---:|\n");
   for (const Row& r : rows) {
     std::printf("| %s | %.3f | %.3f..%.3f | %s | %.3f | %s | %.2f |\n", r.what.c_str(),
@@ -362,7 +364,8 @@ int main(int argc, char** argv) {
     layers = pdserve::ParseIntFlag(argv[i], "--layers", layers);
     repeats = pdserve::ParseIntFlag(argv[i], "--repeats", repeats);
     if (layers == before_layers && repeats == before_repeats &&
-        std::strncmp(argv[i], "--layers=", 9) != 0 && std::strncmp(argv[i], "--repeats=", 10) != 0) {
+        std::strncmp(argv[i], "--layers=", 9) != 0 &&
+        std::strncmp(argv[i], "--repeats=", 10) != 0) {
       std::fprintf(stderr, "usage: %s [--layers=N] [--repeats=N]\n", argv[0]);
       return 2;
     }
@@ -372,8 +375,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (pdserve::CudaDeviceCount() == 0) {
-    std::printf("pdserve-gpu-bench: no CUDA device (cudaGetDeviceCount found none or the driver "
-                "is missing); nothing to measure\n");
+    std::printf(
+        "pdserve-gpu-bench: no CUDA device (cudaGetDeviceCount found none or the driver "
+        "is missing); nothing to measure\n");
     return 0;
   }
   return pdserve::Run(layers, repeats);
