@@ -61,9 +61,10 @@ struct PagedDecodeAttentionParams {
   }
 };
 
-// One thread block per (sequence, query head); its four warps take every
-// fourth key in one pass with an online softmax each, then merge. Memory
-// grows with nothing: any context length works. Caller bugs the device cannot
+// One thread block per (sequence, query head); its eight warps take groups
+// of four keys in turn, each warp in one pass with an online softmax
+// (Milakov & Gimelshein 2018), then the warps merge. Memory grows with
+// nothing: any context length works. Caller bugs the device cannot
 // report are contained: a context length above the table's reach is clamped
 // to it, a key whose block id is outside [0, num_blocks) is skipped, and a
 // sequence with no key gets zeros.
