@@ -29,4 +29,14 @@ absl::StatusOr<int> DefaultKvCacheBlocks(const KvCacheSizing& sizing) {
       std::min<int64_t>({wanted, affordable, std::numeric_limits<int32_t>::max()}));
 }
 
+KvCacheOptions KvCacheOptionsFor(const ModelConfig& config, int num_blocks, int block_size) {
+  KvCacheOptions options;
+  options.num_blocks = num_blocks;
+  options.block_size = block_size;
+  options.num_layers = config.num_layers;
+  options.num_kv_heads = config.num_kv_heads;
+  options.head_dim = config.head_dim;
+  return options;
+}
+
 }  // namespace pdserve

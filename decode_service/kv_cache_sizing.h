@@ -6,6 +6,8 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "shared/kv_cache.h"
+#include "shared/model_config.h"
 
 namespace pdserve {
 
@@ -21,6 +23,10 @@ struct KvCacheSizing {
 // `max_bytes`. INVALID_ARGUMENT for non-positive sizes or a budget smaller
 // than one block (naming --kv_cache_bytes and the bytes a block needs).
 absl::StatusOr<int> DefaultKvCacheBlocks(const KvCacheSizing& sizing);
+
+// The pool layout `config` implies: its layers, KV heads and head_dim, with
+// `num_blocks` blocks of `block_size` tokens.
+KvCacheOptions KvCacheOptionsFor(const ModelConfig& config, int num_blocks, int block_size);
 
 }  // namespace pdserve
 

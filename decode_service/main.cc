@@ -1,7 +1,5 @@
 // pdserve-decode: the public Generate service. Loads the model, checks every
 // prefill instance serves the same one, and serves until SIGINT/SIGTERM.
-#include <signal.h>
-
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -25,6 +23,7 @@
 #include "decode_service/serving_model.h"
 #include "shared/kv_cache.h"
 #include "shared/port_file.h"
+#include "shared/stop_signals.h"
 
 ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50052", "HOST:PORT to serve on (port 0: any free)");
@@ -96,7 +95,7 @@ std::string ListenHost(const std::string& listen) {
   return colon == std::string::npos ? listen : listen.substr(0, colon);
 }
 
-int Run(const sigset_t& stop_signals) {
+int Run(const StopSignals& stop_signals) {
   absl::Status flags_ok = ValidateFlags();
   if (!flags_ok.ok()) {
     LOG(ERROR) << flags_ok.message();
@@ -123,12 +122,8 @@ int Run(const sigset_t& stop_signals) {
   LOG(INFO) << "loaded " << config.architecture << " from " << model_dir << " on "
             << backend.name() << " (" << (*model)->parameter_count() << " parameters)";
 
-  KvCacheOptions kv_options;
-  kv_options.block_size = absl::GetFlag(FLAGS_block_size);
-  kv_options.num_layers = config.num_layers;
-  kv_options.num_kv_heads = config.num_kv_heads;
-  kv_options.head_dim = config.head_dim;
-  kv_options.num_blocks = absl::GetFlag(FLAGS_kv_cache_blocks);
+  KvCacheOptions kv_options = KvCacheOptionsFor(config, absl::GetFlag(FLAGS_kv_cache_blocks),
+                                                absl::GetFlag(FLAGS_block_size));
   if (kv_options.num_blocks == 0) {
     KvCacheSizing sizing;
     sizing.context_tokens = config.max_position_embeddings;
@@ -208,8 +203,7 @@ int Run(const sigset_t& stop_signals) {
   std::cout << "pdserve-decode listening on " << ListenHost(server_options.listen) << ":" << port
             << std::endl;
 
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  const int signal_number = stop_signals.Wait();
   LOG(INFO) << "signal " << signal_number << ": shutting down";
   (*server)->GetHealthCheckService()->Shutdown();  // NOT_SERVING from now on
   // In-flight streams get the grace period (the engine keeps serving them),
@@ -225,14 +219,8 @@ int Run(const sigset_t& stop_signals) {
 }  // namespace pdserve
 
 int main(int argc, char** argv) {
-  // Block the stop signals before any thread exists, so every thread inherits
-  // the mask and only sigwait() in Run() sees them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
+  // Before any thread exists, so every thread inherits the blocked mask.
+  const pdserve::StopSignals stop_signals;
   absl::SetProgramUsageMessage(
       "pdserve-decode --model_dir DIR --prefill_target ADDR[,ADDR...] [--listen HOST:PORT]");
   absl::ParseCommandLine(argc, argv);

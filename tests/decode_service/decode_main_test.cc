@@ -3,6 +3,7 @@
 // is killed while a request depends on it.
 #include <signal.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,7 +17,7 @@
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "tests/decode_service/in_process_decode.h"
 #include "tests/e2e/service_process.h"
-#include "tests/testing/random_checkpoint.h"
+#include "tests/decode_service/test_models.h"
 #include "tests/testing/test_paths.h"
 
 namespace pdserve {
@@ -42,20 +43,6 @@ absl::StatusOr<std::unique_ptr<e2e::ServiceProcess>> StartDecode(
   options.args.insert(options.args.end(), extra.begin(), extra.end());
   options.startup_timeout = absl::Seconds(60);
   return e2e::ServiceProcess::Start(options);
-}
-
-RandomCheckpointOptions SmallLlama() {
-  RandomCheckpointOptions options;
-  options.architecture = "LlamaForCausalLM";
-  options.num_layers = 2;
-  options.hidden_size = 64;
-  options.num_heads = 8;
-  options.num_kv_heads = 4;
-  options.intermediate_size = 96;
-  options.vocab_size = 32000;
-  options.max_position_embeddings = 512;
-  options.dtype = DType::kF32;
-  return options;
 }
 
 TEST(DecodeMainTest, ServesGenerateThroughARealPrefillAndStopsCleanly) {
@@ -85,7 +72,7 @@ TEST(DecodeMainTest, ServesGenerateThroughARealPrefillAndStopsCleanly) {
 
 TEST(DecodeMainTest, RefusesToStartWhenAPrefillServesAnotherModel) {
   TempDir dir;
-  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), SmallLlama()).ok());
+  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), SmallLlamaCheckpoint()).ok());
   auto right = StartPrefill(Stories260KDir());
   auto wrong = StartPrefill(dir.path());
   ASSERT_TRUE(right.ok()) << right.status();
@@ -117,12 +104,13 @@ TEST(DecodeMainTest, BadFlagsExitWithAMessage) {
 TEST(DecodeMainTest, KilledPrefillProcessEndsTheRequestWithUnavailableAndNoLeaks) {
   // A model heavy enough that its prefill is still running when it is killed.
   TempDir dir;
-  RandomCheckpointOptions heavy = SmallLlama();
+  RandomCheckpointOptions heavy = SmallLlamaCheckpoint();
   heavy.num_layers = 8;
   heavy.hidden_size = 512;
   heavy.num_kv_heads = 8;
   heavy.intermediate_size = 1376;
   heavy.tie_word_embeddings = true;
+  heavy.max_position_embeddings = 2048;
   heavy.dtype = DType::kBF16;
   ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), heavy).ok());
   auto prefill = StartPrefill(dir.path());
@@ -140,11 +128,18 @@ TEST(DecodeMainTest, KilledPrefillProcessEndsTheRequestWithUnavailableAndNoLeaks
   request.set_prompt(prompt);
   request.mutable_stopping()->set_max_new_tokens(4);
   GenerateOutcome outcome;
-  std::thread client([&] { outcome = RunGenerate((*decode)->stub(), request); });
+  std::atomic<bool> ended{false};
+  std::thread client([&] {
+    outcome = RunGenerate((*decode)->stub(), request);
+    ended = true;
+  });
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  while ((*decode)->engine().stats().prefilling == 0 && absl::Now() < give_up) {
+  while ((*decode)->engine().stats().prefilling == 0 && !ended && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
+  // Mid-stream by now: its layers take longer than this. (Killed before the
+  // first message, the outcome would be the same.)
+  absl::SleepFor(absl::Milliseconds(100));
   (*prefill)->Signal(SIGKILL);
   client.join();
   EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE)

@@ -20,7 +20,7 @@
 #include "proto/convert/convert.h"
 #include "tests/decode_service/fake_prefill_service.h"
 #include "tests/decode_service/in_process_decode.h"
-#include "tests/testing/random_checkpoint.h"
+#include "tests/decode_service/test_models.h"
 #include "tests/testing/test_paths.h"
 
 namespace pdserve {
@@ -28,9 +28,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const char* const kPrompts[] = {
-    "Once upon a time",  "The little dog",     "Lily and Tom went to", "One day, a big bird",
-    "The sun was hot and", "Mom said", "There was a tree", "Ben liked to play with his"};
 
 // Polls `condition` for up to `timeout`: for state the server updates after
 // the client has already seen the stream end (blocks are freed by the engine
@@ -118,44 +115,63 @@ TEST_F(DecodeServerTest, GreedyStreamContinuesOnceUponATimeWithLily) {
 }
 
 TEST_F(DecodeServerTest, EosTokensEndTheStreamAndAreNotRendered) {
-  StartDecode();
-  v1::GenerateRequest request = Greedy("Once upon a time", 400);
-  request.mutable_stopping()->set_ignore_eos(true);
-  GenerateOutcome outcome = RunGenerate(decode_->stub(), request);
-  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
-  const std::vector<int32_t>& eos = decode_->model().config().eos_token_ids;
-  int eos_seen = 0;
-  for (const v1::GenerateResponse& response : outcome.responses) {
-    if (std::count(eos.begin(), eos.end(), response.token_id()) > 0) {
-      ++eos_seen;
-      EXPECT_EQ(response.text(), "") << "EOS rendered at index " << response.index();
-    }
-  }
-  ASSERT_GT(eos_seen, 0) << "400 tokens of stories without an end of story";
+  // stories260K never emits its EOS id (its stories end with BOS), so the
+  // test declares the token of " Lily", which the greedy continuation is
+  // known to contain, an EOS id.
+  const std::vector<int32_t> lily =
+      Tokenizer::Load(Stories260KDir()).value()->Encode("Lily", /*add_bos=*/false);
+  ASSERT_EQ(lily.size(), 1u);
+  InProcessDecodeOptions options;
+  options.eos_token_ids = std::vector<int32_t>{lily[0]};
+  StartDecode(options);
 
-  // Without ignore_eos the same greedy stream stops at the first EOS.
-  GenerateOutcome stopped = RunGenerate(decode_->stub(), Greedy("Once upon a time", 400));
-  ASSERT_TRUE(stopped.status.ok());
+  GenerateOutcome stopped = RunGenerate(decode_->stub(), Greedy("Once upon a time", 64));
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.responses.back().token_id(), lily[0]);
   EXPECT_EQ(stopped.responses.back().finish_reason(), v1::FINISH_REASON_EOS);
-  EXPECT_EQ(std::count(eos.begin(), eos.end(), stopped.responses.back().token_id()), 1);
   EXPECT_EQ(stopped.responses.back().text(), "");
+  EXPECT_EQ(stopped.responses.back().usage().generated_tokens(),
+            static_cast<int>(stopped.responses.size()));
+  EXPECT_THAT(stopped.text(), ::testing::EndsWith("there was a little girl named"));
+
+  v1::GenerateRequest request = Greedy("Once upon a time", 64);
+  request.mutable_stopping()->set_ignore_eos(true);
+  GenerateOutcome through = RunGenerate(decode_->stub(), request);
+  ASSERT_TRUE(through.status.ok()) << through.status.error_message();
+  EXPECT_EQ(through.responses.size(), 64u);
+  EXPECT_EQ(through.responses.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  int eos_seen = 0;
+  for (const v1::GenerateResponse& response : through.responses) {
+    if (response.token_id() != lily[0]) continue;
+    ++eos_seen;
+    EXPECT_EQ(response.text(), "") << "EOS rendered at index " << response.index();
+  }
+  EXPECT_GT(eos_seen, 0);
+  // The text is that of the other tokens alone.
+  const Tokenizer& tokenizer = decode_->model().tokenizer();
+  std::vector<int32_t> prompt = tokenizer.Encode("Once upon a time", true);
+  std::vector<int32_t> rendered = prompt;
+  for (const v1::GenerateResponse& response : through.responses) {
+    if (response.token_id() != lily[0]) rendered.push_back(response.token_id());
+  }
+  EXPECT_EQ(through.text(), tokenizer.Decode(rendered).substr(tokenizer.Decode(prompt).size()));
 }
 
 TEST_F(DecodeServerTest, ConcurrentStreamsGetTheirSoloTokens) {
   StartDecode();
   std::vector<GenerateOutcome> alone;
-  for (const char* prompt : kPrompts) alone.push_back(RunGenerate(decode_->stub(), Greedy(prompt, 40)));
-  std::vector<GenerateOutcome> together(std::size(kPrompts));
+  for (const std::string& prompt : StoryPrompts()) alone.push_back(RunGenerate(decode_->stub(), Greedy(prompt, 40)));
+  std::vector<GenerateOutcome> together(StoryPrompts().size());
   std::vector<std::thread> clients;
-  for (size_t i = 0; i < std::size(kPrompts); ++i) {
-    clients.emplace_back([&, i] { together[i] = RunGenerate(decode_->stub(), Greedy(kPrompts[i], 40)); });
+  for (size_t i = 0; i < StoryPrompts().size(); ++i) {
+    clients.emplace_back([&, i] { together[i] = RunGenerate(decode_->stub(), Greedy(StoryPrompts()[i], 40)); });
   }
   for (std::thread& client : clients) client.join();
-  for (size_t i = 0; i < std::size(kPrompts); ++i) {
+  for (size_t i = 0; i < StoryPrompts().size(); ++i) {
     ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
     ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
-    EXPECT_EQ(together[i].token_ids(), alone[i].token_ids()) << kPrompts[i];
-    EXPECT_EQ(together[i].text(), alone[i].text()) << kPrompts[i];
+    EXPECT_EQ(together[i].token_ids(), alone[i].token_ids()) << StoryPrompts()[i];
+    EXPECT_EQ(together[i].text(), alone[i].text()) << StoryPrompts()[i];
   }
   EXPECT_TRUE(AllBlocksFree());
 }
@@ -339,17 +355,7 @@ TEST_F(DecodeServerTest, PrefillDyingMidStreamIsUnavailableWithoutLeaks) {
 
 TEST_F(DecodeServerTest, PrefillOfAnotherModelFailsTheStreamWithFailedPrecondition) {
   TempDir dir;
-  RandomCheckpointOptions other;
-  other.architecture = "LlamaForCausalLM";
-  other.num_layers = 2;
-  other.hidden_size = 64;
-  other.num_heads = 8;
-  other.num_kv_heads = 4;
-  other.intermediate_size = 96;
-  other.vocab_size = 32000;
-  other.max_position_embeddings = 512;
-  other.dtype = DType::kF32;
-  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), other).ok());
+  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), SmallLlamaCheckpoint()).ok());
   absl::StatusOr<std::unique_ptr<FakePrefillServer>> wrong = FakePrefillServer::Start(dir.path());
   ASSERT_TRUE(wrong.ok()) << wrong.status();
   InProcessDecodeOptions options;
@@ -371,7 +377,7 @@ TEST_F(DecodeServerTest, ThreadCountReturnsAfterABurstOfCancelledStreams) {
   std::vector<std::thread> clients;
   for (int i = 0; i < kBurst; ++i) {
     clients.emplace_back([&, i] {
-      v1::GenerateRequest request = Greedy(kPrompts[i % std::size(kPrompts)], 300);
+      v1::GenerateRequest request = Greedy(StoryPrompts()[i % StoryPrompts().size()], 300);
       request.mutable_stopping()->set_ignore_eos(true);
       GenerateOutcome outcome = RunGenerate(decode_->stub(), request, /*cancel_after=*/2);
       EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::CANCELLED);

@@ -14,9 +14,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "decode_service/kv_cache_sizing.h"
 #include "decode_service/serving_model.h"
 #include "tests/decode_service/local_prefill_runner.h"
 #include "tests/decode_service/recording_observer.h"
+#include "tests/decode_service/test_models.h"
 #include "tests/testing/test_paths.h"
 
 namespace pdserve {
@@ -24,9 +26,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const char* const kPrompts[] = {
-    "Once upon a time",  "The little dog",     "Lily and Tom went to", "One day, a big bird",
-    "The sun was hot and", "Mom said", "There was a tree", "Ben liked to play with his"};
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -49,21 +48,16 @@ class EngineTest : public ::testing::Test {
   }
 
   void MakeEngine(int num_blocks = 512, int block_size = 16, int max_batch_size = 64,
-                  int max_queue = 256) {
+                  int max_queue = 256, std::vector<int32_t> eos_token_ids = {}) {
     const ModelConfig& config = model_->config();
-    KvCacheOptions kv;
-    kv.num_blocks = num_blocks;
-    kv.block_size = block_size;
-    kv.num_layers = config.num_layers;
-    kv.num_kv_heads = config.num_kv_heads;
-    kv.head_dim = config.head_dim;
-    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(&model_->backend(), kv);
+    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
+        &model_->backend(), KvCacheOptionsFor(config, num_blocks, block_size));
     ASSERT_TRUE(cache.ok()) << cache.status();
     cache_ = std::move(cache).value();
     EngineOptions options;
     options.max_batch_size = max_batch_size;
     options.max_queue = max_queue;
-    options.eos_token_ids = config.eos_token_ids;
+    options.eos_token_ids = eos_token_ids.empty() ? config.eos_token_ids : eos_token_ids;
     options.context_limit = config.max_position_embeddings;
     engine_ = std::make_unique<Engine>(&model_->transformer(), cache_.get(), runner_.get(),
                                        options);
@@ -130,53 +124,68 @@ TEST_F(EngineTest, MaxNewTokensEndsWithLengthAfterExactlyThatMany) {
   EXPECT_EQ(observer.summary()->generated_tokens, 7);
 }
 
-TEST_F(EngineTest, EosEndsTheSequenceAndIsTheLastToken) {
-  MakeEngine();
-  // Long enough for the story to end; whichever way it ends, EOS can only be
-  // the last token, and only then is the reason EOS.
-  RecordingObserver observer;
-  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 400), &observer).ok());
-  ASSERT_TRUE(observer.WaitDone());
-  ASSERT_TRUE(observer.status().ok()) << observer.status();
-  const std::vector<TokenEvent> events = observer.events();
-  const std::vector<int32_t>& eos = model_->config().eos_token_ids;
-  for (size_t i = 0; i + 1 < events.size(); ++i) {
-    EXPECT_FALSE(events[i].is_eos) << "EOS at " << i << " did not end the sequence";
+TEST_F(EngineTest, AnEosIdEndsTheSequenceUnlessIgnored) {
+  // stories260K never emits its EOS id (its stories end with BOS), so the
+  // test makes " Lily", which the greedy continuation contains, the EOS id.
+  const std::vector<int32_t> lily = model_->tokenizer().Encode("Lily", /*add_bos=*/false);
+  ASSERT_EQ(lily.size(), 1u);
+  MakeEngine(512, 16, 64, 256, /*eos_token_ids=*/{lily[0]});
+
+  RecordingObserver stopped;
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 64), &stopped).ok());
+  ASSERT_TRUE(stopped.WaitDone());
+  ASSERT_TRUE(stopped.status().ok()) << stopped.status();
+  const std::vector<TokenEvent> events = stopped.events();
+  EXPECT_EQ(events.back().token_id, lily[0]);
+  EXPECT_TRUE(events.back().is_eos);
+  EXPECT_EQ(stopped.summary()->reason, FinishReason::kEos);
+  for (size_t i = 0; i + 1 < events.size(); ++i) EXPECT_FALSE(events[i].is_eos) << i;
+  EXPECT_THAT(Text(stopped.token_ids()), ::testing::EndsWith("there was a little girl named Lily"));
+
+  GenerationRequest request = Request("Once upon a time", 64);
+  request.ignore_eos = true;
+  RecordingObserver through;
+  ASSERT_TRUE(engine_->Submit(request, &through).ok());
+  ASSERT_TRUE(through.WaitDone());
+  EXPECT_EQ(through.token_ids().size(), 64u);
+  EXPECT_EQ(through.summary()->reason, FinishReason::kLength);
+  int flagged = 0;
+  for (const TokenEvent& event : through.events()) {
+    EXPECT_EQ(event.is_eos, event.token_id == lily[0]);
+    flagged += event.is_eos;
   }
-  const bool last_is_eos = std::count(eos.begin(), eos.end(), events.back().token_id) > 0;
-  EXPECT_EQ(events.back().is_eos, last_is_eos);
-  EXPECT_EQ(observer.summary()->reason == FinishReason::kEos, last_is_eos);
+  EXPECT_GT(flagged, 0);
 }
 
 TEST_F(EngineTest, ConcurrentSequencesGetTheirSoloGreedyTokens) {
   MakeEngine();
   std::vector<std::vector<int32_t>> alone;
-  for (const char* prompt : kPrompts) alone.push_back(GenerateAlone(Request(prompt, 40)));
+  for (const std::string& prompt : StoryPrompts()) alone.push_back(GenerateAlone(Request(prompt, 40)));
 
   std::vector<std::unique_ptr<RecordingObserver>> observers;
-  for (const char* prompt : kPrompts) {
+  for (const std::string& prompt : StoryPrompts()) {
     observers.push_back(std::make_unique<RecordingObserver>());
     ASSERT_TRUE(engine_->Submit(Request(prompt, 40), observers.back().get()).ok());
   }
   for (size_t i = 0; i < observers.size(); ++i) {
     ASSERT_TRUE(observers[i]->WaitDone());
     ASSERT_TRUE(observers[i]->status().ok()) << observers[i]->status();
-    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "prompt: " << kPrompts[i];
+    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "prompt: " << StoryPrompts()[i];
   }
 }
 
 TEST_F(EngineTest, BatchCapBelowTheLoadStillGivesSoloTokens) {
   MakeEngine(/*num_blocks=*/512, /*block_size=*/16, /*max_batch_size=*/3);
   std::vector<std::vector<int32_t>> alone;
-  for (const char* prompt : kPrompts) alone.push_back(GenerateAlone(Request(prompt, 24)));
+  for (const std::string& prompt : StoryPrompts()) alone.push_back(GenerateAlone(Request(prompt, 24)));
   std::vector<std::unique_ptr<RecordingObserver>> observers;
-  for (const char* prompt : kPrompts) {
+  for (const std::string& prompt : StoryPrompts()) {
     observers.push_back(std::make_unique<RecordingObserver>());
     ASSERT_TRUE(engine_->Submit(Request(prompt, 24), observers.back().get()).ok());
   }
   for (size_t i = 0; i < observers.size(); ++i) {
     ASSERT_TRUE(observers[i]->WaitDone());
-    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "prompt: " << kPrompts[i];
+    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "prompt: " << StoryPrompts()[i];
   }
 }
 

@@ -8,6 +8,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include "absl/strings/str_cat.h"
+#include "decode_service/kv_cache_sizing.h"
 #include "decode_service/prefill_target.h"
 #include "shared/status_macros.h"
 
@@ -18,13 +19,10 @@ absl::StatusOr<std::unique_ptr<InProcessDecode>> InProcessDecode::Start(
   std::unique_ptr<InProcessDecode> decode(new InProcessDecode());
   PDSERVE_ASSIGN_OR_RETURN(decode->model_, ServingModel::Load(options.model_dir, "cpu"));
   const ModelConfig& config = decode->model_->config();
-  KvCacheOptions kv;
-  kv.num_blocks = options.kv_cache_blocks;
-  kv.block_size = options.block_size;
-  kv.num_layers = config.num_layers;
-  kv.num_kv_heads = config.num_kv_heads;
-  kv.head_dim = config.head_dim;
-  PDSERVE_ASSIGN_OR_RETURN(decode->cache_, KvCache::Create(&decode->model_->backend(), kv));
+  PDSERVE_ASSIGN_OR_RETURN(
+      decode->cache_,
+      KvCache::Create(&decode->model_->backend(),
+                      KvCacheOptionsFor(config, options.kv_cache_blocks, options.block_size)));
 
   PDSERVE_ASSIGN_OR_RETURN(std::vector<std::string> targets,
                            SplitPrefillTargets(options.prefill_target));
@@ -37,7 +35,7 @@ absl::StatusOr<std::unique_ptr<InProcessDecode>> InProcessDecode::Start(
   engine.max_batch_size = options.max_batch_size;
   engine.max_queue = options.max_queue;
   engine.prefill_timeout = options.prefill_timeout;
-  engine.eos_token_ids = config.eos_token_ids;
+  engine.eos_token_ids = options.eos_token_ids.value_or(config.eos_token_ids);
   engine.context_limit = config.max_position_embeddings;
   decode->engine_ = std::make_unique<Engine>(&decode->model_->transformer(), decode->cache_.get(),
                                              decode->prefill_.get(), engine);

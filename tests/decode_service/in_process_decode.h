@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct InProcessDecodeOptions {
   int max_queue = 256;
   absl::Duration prefill_timeout = absl::Seconds(60);
   RequestLimits limits;
+  // Replaces generation_config.json's EOS ids when set.
+  std::optional<std::vector<int32_t>> eos_token_ids;
 };
 
 class InProcessDecode {

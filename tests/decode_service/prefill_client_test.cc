@@ -12,33 +12,18 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "decode_service/kv_cache_sizing.h"
 #include "decode_service/prefill_target.h"
 #include "decode_service/serving_model.h"
 #include "shared/kv_cache.h"
 #include "tests/decode_service/fake_prefill_service.h"
-#include "tests/testing/random_checkpoint.h"
+#include "tests/decode_service/test_models.h"
 #include "tests/testing/test_paths.h"
 
 namespace pdserve {
 namespace {
 
 using ::testing::HasSubstr;
-
-// A Llama-shaped checkpoint with random weights: not stories260K.
-RandomCheckpointOptions OtherModel() {
-  RandomCheckpointOptions options;
-  options.architecture = "LlamaForCausalLM";
-  options.num_layers = 2;
-  options.hidden_size = 64;
-  options.num_heads = 8;
-  options.num_kv_heads = 4;
-  options.intermediate_size = 96;
-  options.vocab_size = 32000;
-  options.max_position_embeddings = 512;
-  options.dtype = DType::kF32;
-  options.seed = 7;
-  return options;
-}
 
 class PrefillClientTest : public ::testing::Test {
  protected:
@@ -52,13 +37,8 @@ class PrefillClientTest : public ::testing::Test {
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(model).value();
     const ModelConfig& config = model_->config();
-    KvCacheOptions kv;
-    kv.num_blocks = 64;
-    kv.block_size = 4;
-    kv.num_layers = config.num_layers;
-    kv.num_kv_heads = config.num_kv_heads;
-    kv.head_dim = config.head_dim;
-    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(&model_->backend(), kv);
+    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
+        &model_->backend(), KvCacheOptionsFor(config, /*num_blocks=*/64, /*block_size=*/4));
     ASSERT_TRUE(cache.ok()) << cache.status();
     cache_ = std::move(cache).value();
     client_ = MakeClient(fake_->address());
@@ -188,7 +168,7 @@ TEST_F(PrefillClientTest, MalformedStreamsFailWithTheirCode) {
 
 TEST_F(PrefillClientTest, AnotherModelIsFailedPrecondition) {
   TempDir dir;
-  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), OtherModel()).ok());
+  ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), SmallLlamaCheckpoint()).ok());
   absl::StatusOr<std::unique_ptr<FakePrefillServer>> other = FakePrefillServer::Start(dir.path());
   ASSERT_TRUE(other.ok()) << other.status();
   std::unique_ptr<PrefillClient> client = MakeClient((*other)->address());
