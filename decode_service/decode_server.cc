@@ -58,7 +58,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       FinishWithoutEngine(request.status());
       return;
     }
-    request_id_ = request->request_id;
+    request_id_ = request->request_id.empty() ? "(no request_id)" : request->request_id;
     detokenizer_.emplace(tokenizer_, request->prompt);
     absl::StatusOr<Engine::RequestId> id = engine_->Submit(std::move(request).value(), this);
     if (!id.ok()) {

@@ -1,7 +1,7 @@
 // pdserve-decode: the public Generate service. Loads the model, checks every
 // prefill instance serves the same one, and serves until SIGINT/SIGTERM.
+#include <cstdio>
 #include <cstdlib>
-#include <iostream>
 #include <memory>
 #include <string>
 
@@ -200,8 +200,11 @@ int Run(const StopSignals& stop_signals) {
       return 1;
     }
   }
-  std::cout << "pdserve-decode listening on " << ListenHost(server_options.listen) << ":" << port
-            << std::endl;
+  // printf rather than std::cout: no copy relocation of std::cout in the
+  // binary, which the deep-bound SentencePiece module would not see.
+  std::printf("pdserve-decode listening on %s:%d\n", ListenHost(server_options.listen).c_str(),
+              port);
+  std::fflush(stdout);
 
   const int signal_number = stop_signals.Wait();
   LOG(INFO) << "signal " << signal_number << ": shutting down";
