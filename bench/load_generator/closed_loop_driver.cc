@@ -16,8 +16,7 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
       : target_(target),
         options_(options),
         end_(options.duration > absl::ZeroDuration() ? start + options.duration
-                                                     : absl::InfiniteFuture()),
-        collector_(target.progress) {}
+                                                     : absl::InfiniteFuture()) {}
 
   // Claims the next request number unless the count or time cap is reached.
   bool Claim(int64_t* index) {

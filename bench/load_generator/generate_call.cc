@@ -38,6 +38,7 @@ class GenerateCallReactor final : public grpc::ClientReadReactor<v1::GenerateRes
   }
 
   void Start(v1::GenerateService::Stub* stub) {
+    if (progress_ != nullptr) progress_->CallStarted();
     start_ = Clock::now();
     if (options_.timeout > absl::ZeroDuration()) {
       context_.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
@@ -83,6 +84,7 @@ class GenerateCallReactor final : public grpc::ClientReadReactor<v1::GenerateRes
     result_.error_message = status.error_message();
     RequestResult result = std::move(result_);
     CallDone on_done = std::move(on_done_);
+    if (progress_ != nullptr) progress_->CallFinished(status.ok());
     delete this;
     on_done(std::move(result));
   }

@@ -21,10 +21,13 @@ struct CallOptions {
 using CallDone = std::function<void(RequestResult result)>;
 
 // Starts `request` on `stub` and returns at once. Each token message is
-// timed as it arrives (and counted in `progress`, which may be null);
-// `on_done` runs exactly once, on a gRPC callback thread, after the stream
-// has ended and the call's own resources are freed, so it may start the
-// next call. `stub` must outlive the call; `index` goes into the result.
+// timed as it arrives. `progress` (may be null) counts the call as started
+// here, each token as it arrives, and the call as finished just before
+// `on_done`, so a successor that `on_done` starts never shows as extra
+// in-flight work. `on_done` runs exactly once, on a gRPC callback thread,
+// after the stream has ended and the call's own resources are freed, so it
+// may start the next call. `stub` and `progress` must outlive the call;
+// `index` goes into the result.
 void StartGenerateCall(v1::GenerateService::Stub* stub, const v1::GenerateRequest& request,
                        int64_t index, const CallOptions& options, ProgressCounters* progress,
                        CallDone on_done);

@@ -16,7 +16,7 @@ absl::StatusOr<LoadRun> RunOpenLoop(const LoadTarget& target, const OpenLoopOpti
   if (!arrivals.ok()) return arrivals.status();
   // Shared with the completion callbacks, which may run after the last
   // dispatch until WaitUntilIdle returns.
-  auto collector = std::make_shared<ResultCollector>(target.progress);
+  auto collector = std::make_shared<ResultCollector>();
   LoadRun run;
   const absl::Time start = absl::Now();
   const absl::Time end =

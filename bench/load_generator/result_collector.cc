@@ -5,17 +5,11 @@
 namespace pdserve::bench {
 
 void ResultCollector::CallStarted() {
-  {
-    absl::MutexLock lock(&mu_);
-    ++in_flight_;
-  }
-  if (progress_ != nullptr) progress_->CallStarted();
+  absl::MutexLock lock(&mu_);
+  ++in_flight_;
 }
 
 void ResultCollector::CallFinished(RequestResult result) {
-  // Progress first: once the last call leaves in_flight_ the dispatcher may
-  // return and tear down the counters.
-  if (progress_ != nullptr) progress_->CallFinished(result.code == absl::StatusCode::kOk);
   absl::MutexLock lock(&mu_);
   results_.push_back(std::move(result));
   --in_flight_;

@@ -8,15 +8,13 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "bench/load_generator/progress.h"
 #include "bench/load_generator/request_result.h"
 
 namespace pdserve::bench {
 
 class ResultCollector {
  public:
-  // `progress` may be null (warm-up runs print nothing).
-  explicit ResultCollector(ProgressCounters* progress) : progress_(progress) {}
+  ResultCollector() = default;
 
   // Call before starting an RPC.
   void CallStarted();
@@ -34,7 +32,6 @@ class ResultCollector {
   std::vector<RequestResult> TakeResults();
 
  private:
-  ProgressCounters* const progress_;
   mutable absl::Mutex mu_;
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<RequestResult> results_ ABSL_GUARDED_BY(mu_);
