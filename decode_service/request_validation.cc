@@ -37,11 +37,6 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(const v1::GenerateRequ
         limits.max_new_tokens_cap, ", or 0 for the server default of ",
         limits.default_max_new_tokens, ")"));
   }
-  if (requested > limits.max_new_tokens_cap) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("stopping.max_new_tokens: ", requested, " exceeds the server cap of ",
-                     limits.max_new_tokens_cap, " (--max_new_tokens_cap)"));
-  }
   out.ignore_eos = request.stopping().ignore_eos();
 
   const bool add_bos = request.has_add_bos() ? request.add_bos() : config.add_bos_token;
@@ -61,6 +56,11 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(const v1::GenerateRequ
         "stopping.max_new_tokens: ", requested, " new tokens after a prompt of ", prompt_tokens,
         " tokens exceed the context limit of ", context, " tokens (max_position_embeddings; at "
         "most ", context - prompt_tokens, " fit)"));
+  }
+  if (requested > limits.max_new_tokens_cap) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stopping.max_new_tokens: ", requested, " exceeds the server cap of ",
+                     limits.max_new_tokens_cap, " (--max_new_tokens_cap)"));
   }
   out.max_new_tokens =
       requested > 0 ? requested

@@ -22,11 +22,12 @@ struct RequestLimits {
 //   prompt               empty
 //   sampling.*           ValidateSamplingParams (temperature >= 0 and finite,
 //                        top_k >= 0, top_p in (0, 1], repetition_penalty > 0)
-//   stopping.max_new_tokens  negative, or above limits.max_new_tokens_cap
+//   stopping.max_new_tokens  negative
 //   prompt               encodes to no tokens, or leaves no room for one new
 //                        token within max_position_embeddings
 //   stopping.max_new_tokens  prompt tokens + max_new_tokens beyond
-//                        max_position_embeddings
+//                        max_position_embeddings, then above
+//                        limits.max_new_tokens_cap
 // max_new_tokens 0 becomes limits.default_max_new_tokens, shortened to the
 // room the context has left. An absent seed becomes `fallback_seed`; add_bos
 // defaults to config.add_bos_token. The caller fills arrival and deadline.

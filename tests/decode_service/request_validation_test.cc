@@ -114,8 +114,12 @@ TEST_F(RequestValidationTest, MaxNewTokensBounds) {
   request.set_prompt("Once upon a time");
   request.mutable_stopping()->set_max_new_tokens(-2);
   EXPECT_THAT(Validate(request).status().message(), HasSubstr("stopping.max_new_tokens: -2"));
-  request.mutable_stopping()->set_max_new_tokens(1001);
-  EXPECT_THAT(Validate(request).status().message(), HasSubstr("cap of 1000"));
+  limits_.max_new_tokens_cap = 100;
+  request.mutable_stopping()->set_max_new_tokens(101);
+  EXPECT_THAT(Validate(request).status().message(), HasSubstr("cap of 100 (--max_new_tokens_cap)"));
+  // Beyond both the cap and the context: the context is named.
+  request.mutable_stopping()->set_max_new_tokens(600);
+  EXPECT_THAT(Validate(request).status().message(), HasSubstr("max_position_embeddings"));
   request.mutable_stopping()->set_max_new_tokens(1);
   EXPECT_EQ(Validate(request)->max_new_tokens, 1);
 }
