@@ -10,7 +10,8 @@
 # cuda_model_parity_test, pdserve-gpu-bench and, when they build,
 # pdserve-prefill, pdserve-decode and pdserve-cli. Packs into
 # tests/gpu/dist/pdserve-gpu.tar.xz (git-ignored):
-#   bin/       the executables, stripped
+#   bin/       the executables, stripped, and the modules they dlopen
+#              (libpdserve_sentencepiece.so, looked for beside them)
 #   lib/       every shared library they load that is not part of the base
 #              system or of CUDA (found with ldd)
 #   fallback/  libstdc++ and libgcc_s from this machine, used there only if
@@ -72,22 +73,39 @@ is_fallback_library() {
   [[ $1 =~ ^(libstdc\+\+\.so|libgcc_s\.so) ]]
 }
 
-for target in "${targets[@]}" "${services[@]}"; do
-  binary=$(find "$build" -type f -name "$target" -perm -u+x | head -n 1)
-  [[ -n $binary ]] || { echo "package.sh: $target not found under $build" >&2; exit 1; }
-  cp "$binary" "$stage/bin/"
-  strip --strip-unneeded "$stage/bin/$target"
+# Copies the shared libraries `$1` loads (ldd) into lib/ or fallback/.
+collect_libraries() {
+  local file=$1 name arrow path destination
   while read -r name arrow path _; do
     [[ $arrow == "=>" ]] || continue
     if [[ $path == "not" ]]; then
-      echo "package.sh: $target needs $name, which this machine lacks" >&2
+      echo "package.sh: $(basename "$file") needs $name, which this machine lacks" >&2
       exit 1
     fi
     if is_system_library "$name"; then continue; fi
     destination=$stage/lib
     is_fallback_library "$name" && destination=$stage/fallback
     [[ -e $destination/$name ]] || cp -L "$path" "$destination/$name"
-  done < <(ldd "$binary")
+  done < <(ldd "$file")
+}
+
+for target in "${targets[@]}" "${services[@]}"; do
+  binary=$(find "$build" -type f -name "$target" -perm -u+x | head -n 1)
+  [[ -n $binary ]] || { echo "package.sh: $target not found under $build" >&2; exit 1; }
+  cp "$binary" "$stage/bin/"
+  strip --strip-unneeded "$stage/bin/$target"
+  collect_libraries "$binary"
+done
+
+# Modules the executables dlopen rather than link: the SentencePiece module
+# (shared/sentencepiece_model.cc) is looked for beside the executable.
+modules=(libpdserve_sentencepiece.so)
+for module in "${modules[@]}"; do
+  path=$(find "$build" -type f -name "$module" | head -n 1)
+  [[ -n $path ]] || continue
+  cp "$path" "$stage/bin/"
+  strip --strip-unneeded "$stage/bin/$module"
+  collect_libraries "$path"
 done
 
 {
