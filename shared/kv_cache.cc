@@ -23,6 +23,10 @@ absl::Status KvCache::Sequence::Reserve(int num_tokens) {
   return cache_->Grow(blocks_, num_tokens);
 }
 
+absl::Status KvCache::Sequence::PrepareWrite(int position) {
+  return cache_->MakeWritable(blocks_, position);
+}
+
 KvCache::KvCache(Backend* backend, const KvCacheOptions& options)
     : backend_(backend), options_(options) {}
 
@@ -59,6 +63,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend,
   cache->free_blocks_.reserve(options.num_blocks);
   for (int block = options.num_blocks - 1; block >= 0; --block)
     cache->free_blocks_.push_back(block);
+  cache->ref_counts_.assign(options.num_blocks, 0);
   return cache;
 }
 
@@ -66,6 +71,21 @@ absl::StatusOr<std::unique_ptr<KvCache::Sequence>> KvCache::Allocate(int num_tok
   std::unique_ptr<Sequence> sequence(new Sequence(this));
   PDSERVE_RETURN_IF_ERROR(Grow(sequence->blocks_, num_tokens));
   return sequence;
+}
+
+absl::StatusOr<std::unique_ptr<KvCache::Sequence>> KvCache::Fork(const Sequence& parent,
+                                                                 int num_tokens) {
+  if (num_tokens < 0 || num_tokens > parent.capacity()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache fork: num_tokens ", num_tokens, " outside [0, ",
+                     parent.capacity(), "], the parent lease's capacity"));
+  }
+  const size_t shared = (num_tokens + options_.block_size - 1) / options_.block_size;
+  std::unique_ptr<Sequence> child(new Sequence(this));
+  child->blocks_.assign(parent.blocks_.begin(), parent.blocks_.begin() + shared);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int32_t block : child->blocks_) ++ref_counts_[block];
+  return child;
 }
 
 absl::Status KvCache::Grow(std::vector<int32_t>& blocks, int num_tokens) {
@@ -83,20 +103,73 @@ absl::Status KvCache::Grow(std::vector<int32_t>& blocks, int num_tokens) {
         "KV cache: ", num_tokens, " tokens need ", more, " more blocks of ", options_.block_size,
         " tokens, but only ", free, " of ", options_.num_blocks, " blocks are free"));
   }
+  for (auto it = free_blocks_.end() - more; it != free_blocks_.end(); ++it) ref_counts_[*it] = 1;
   blocks.insert(blocks.end(), free_blocks_.end() - more, free_blocks_.end());
   free_blocks_.resize(free - more);
   return absl::OkStatus();
 }
 
+absl::Status KvCache::MakeWritable(std::vector<int32_t>& blocks, int position) {
+  if (position < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache PrepareWrite: position ", position, " must be >= 0"));
+  }
+  PDSERVE_RETURN_IF_ERROR(Grow(blocks, position + 1));
+  int32_t& entry = blocks[position / options_.block_size];
+  const int32_t shared = entry;
+  int32_t fresh = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (ref_counts_[shared] == 1) return absl::OkStatus();
+    if (free_blocks_.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "KV cache: copying shared block ", shared, " before a write at position ", position,
+          " needs 1 free block, but none of ", options_.num_blocks, " is free"));
+    }
+    fresh = free_blocks_.back();
+    free_blocks_.pop_back();
+    ref_counts_[fresh] = 1;
+  }
+  // Nobody writes `shared` meanwhile: every writer comes through here and
+  // copies it first (or owns it alone, when the others have let go).
+  CopyBlock(shared, fresh);
+  entry = fresh;
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Another lease may have released it since the check: the last one frees it.
+  if (--ref_counts_[shared] == 0) free_blocks_.push_back(shared);
+  return absl::OkStatus();
+}
+
+void KvCache::CopyBlock(int32_t from, int32_t to) {
+  const size_t block_elements = static_cast<size_t>(options_.block_size) *
+                                options_.num_kv_heads * options_.head_dim;
+  for (int layer = 0; layer < options_.num_layers; ++layer) {
+    // Queued in order with the steps that later read or write these blocks.
+    backend_->CopyElements(*k_[layer], from * block_elements, *k_[layer], to * block_elements,
+                           block_elements);
+    backend_->CopyElements(*v_[layer], from * block_elements, *v_[layer], to * block_elements,
+                           block_elements);
+  }
+}
+
 void KvCache::Release(std::vector<int32_t>& blocks) {
   std::lock_guard<std::mutex> lock(mutex_);
-  free_blocks_.insert(free_blocks_.end(), blocks.rbegin(), blocks.rend());
+  // In reverse, so that a lease's blocks are handed out again in its order.
+  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
+    if (--ref_counts_[*it] == 0) free_blocks_.push_back(*it);
+  }
   blocks.clear();
 }
 
 int KvCache::num_free_blocks() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return static_cast<int>(free_blocks_.size());
+}
+
+int KvCache::block_ref_count(int32_t block) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (block < 0 || block >= options_.num_blocks) return 0;
+  return ref_counts_[block];
 }
 
 size_t KvCache::bytes_per_token() const {
@@ -153,6 +226,18 @@ absl::Status KvCache::WriteTokens(const Sequence& sequence, int layer, int first
     return absl::InvalidArgumentError("KV cache WriteTokens: dtype must be a float type, not I32");
   }
   if (num_tokens == 0) return absl::OkStatus();
+  {
+    const int block_size = options_.block_size;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int b = first_token / block_size; b <= (first_token + num_tokens - 1) / block_size; ++b) {
+      const int32_t block = sequence.block_table()[b];
+      if (ref_counts_[block] > 1) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "KV cache WriteTokens: block ", block, " (tokens from ", b * block_size,
+            ") is shared by ", ref_counts_[block], " leases; PrepareWrite each position first"));
+      }
+    }
+  }
   const int kv_width = options_.num_kv_heads * options_.head_dim;
   const size_t elements = static_cast<size_t>(num_tokens) * kv_width;
   PDSERVE_ASSIGN_OR_RETURN(Staging staging,

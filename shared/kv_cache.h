@@ -23,8 +23,15 @@ struct KvCacheOptions {
 
 // Storage: for every layer one K and one V buffer of
 // [num_blocks * block_size, num_kv_heads * head_dim] in backend.kv_dtype().
-// Bookkeeping (free list, leases) is thread-safe; the storage is written
-// through the Backend, which callers must not use from two threads at once.
+// Bookkeeping (free list, reference counts, leases) is thread-safe; the
+// storage is written through the Backend, which callers must not use from two
+// threads at once.
+//
+// Blocks are reference-counted so that leases can share them (Fork): n
+// samples of one prompt read the prompt's KV from the same blocks, as in
+// vLLM's parallel sampling (Kwon et al. 2023, section 4.4). A shared block is
+// copied on the first write through a lease (PrepareWrite); it returns to the
+// pool when its last lease lets go.
 class KvCache {
  public:
   // A sequence's lease on blocks: block b of its table holds its tokens
@@ -44,6 +51,17 @@ class KvCache {
     // Grows the lease to hold at least `num_tokens` tokens. RESOURCE_EXHAUSTED
     // (blocks needed and free in the message) leaves the lease unchanged.
     absl::Status Reserve(int num_tokens);
+    // Makes token `position` writable through this lease: Reserve(position +
+    // 1), then, when the block holding `position` is shared with another lease
+    // (Fork), copies that block (every layer's K and V, all block_size slots)
+    // into a free block that replaces it in this table (copy-on-write). Call
+    // it before anything writes the token's KV by slot (a decode step's
+    // slot_mapping); WriteTokens refuses shared blocks. Uses the backend for
+    // the copy, so it needs the same serialisation as any backend use.
+    // RESOURCE_EXHAUSTED when no block is free for the growth or the copy
+    // (the lease keeps any block the growth took and still shares the other);
+    // INVALID_ARGUMENT for a negative position.
+    absl::Status PrepareWrite(int position);
 
    private:
     friend class KvCache;
@@ -61,10 +79,19 @@ class KvCache {
   // blocks are free (the message names both counts).
   absl::StatusOr<std::unique_ptr<Sequence>> Allocate(int num_tokens);
 
+  // A new lease that shares `parent`'s blocks holding tokens [0, num_tokens)
+  // (ceil(num_tokens / block_size) blocks, reference-counted; no copy and no
+  // free block needed), so it reads the same KV for those tokens. Either
+  // lease may then grow on its own; a write into a shared block goes through
+  // PrepareWrite, which gives the writer its own copy. INVALID_ARGUMENT when
+  // num_tokens is negative or beyond parent.capacity().
+  absl::StatusOr<std::unique_ptr<Sequence>> Fork(const Sequence& parent, int num_tokens);
+
   // Writes tokens [first_token, first_token + num_tokens) of `layer` for
   // `sequence` from host arrays k, v: [num_tokens, num_kv_heads * head_dim]
   // of `dtype`. INVALID_ARGUMENT when the range exceeds the lease or the layer
-  // is out of range.
+  // is out of range; FAILED_PRECONDITION when a block of the range is shared
+  // with another lease (see PrepareWrite).
   absl::Status WriteTokens(const Sequence& sequence, int layer, int first_token, int num_tokens,
                            const void* k, const void* v, DType dtype);
   // Reads the same range back to host float32 arrays (tests, inspection).
@@ -77,6 +104,8 @@ class KvCache {
   int block_size() const { return options_.block_size; }
   int num_blocks() const { return options_.num_blocks; }
   int num_free_blocks() const;
+  // Leases holding `block` (0 when free). For tests and inspection.
+  int block_ref_count(int32_t block) const;
   // Bytes of K and V for one token across all layers.
   size_t bytes_per_token() const;
 
@@ -84,12 +113,16 @@ class KvCache {
   KvCache(Backend* backend, const KvCacheOptions& options);
   void Release(std::vector<int32_t>& blocks);
   absl::Status Grow(std::vector<int32_t>& blocks, int num_tokens);
+  absl::Status MakeWritable(std::vector<int32_t>& blocks, int position);
+  // Copies every layer's K and V of block `from` to block `to`.
+  void CopyBlock(int32_t from, int32_t to);
 
   Backend* backend_;
   KvCacheOptions options_;
   std::vector<BufferPtr> k_, v_;
   mutable std::mutex mutex_;
   std::vector<int32_t> free_blocks_;  // guarded by mutex_
+  std::vector<int> ref_counts_;       // guarded by mutex_; [num_blocks], leases per block
 };
 
 }  // namespace pdserve

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +28,21 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
         absl::StrCat("sampling.repetition_penalty: ", params.repetition_penalty,
                      " must be finite and > 0 (1 means off)"));
   }
+  if (!(params.min_p >= 0.0f && params.min_p <= 1.0f)) {  // also rejects NaN
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.min_p: ", params.min_p, " must be in [0, 1] (0 means off)"));
+  }
+  const std::pair<const char*, float> penalties[] = {
+      {"presence_penalty", params.presence_penalty},
+      {"frequency_penalty", params.frequency_penalty}};
+  for (const auto& [name, value] : penalties) {
+    if (!(std::abs(value) <= kMaxAbsPresenceFrequencyPenalty)) {  // also rejects NaN
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.", name, ": ", value, " must be in [-",
+                       kMaxAbsPresenceFrequencyPenalty, ", ", kMaxAbsPresenceFrequencyPenalty,
+                       "] (0 means off)"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -38,14 +54,36 @@ namespace {
 // RepetitionPenaltyLogitsProcessor applies it: every distinct id seen so far
 // has its logit divided by the penalty when positive and multiplied when
 // negative, so the penalty always lowers the token's probability.
-void ApplyRepetitionPenalty(std::vector<float>& scores, std::span<const int32_t> history,
-                            float penalty) {
+void ApplyRepetitionPenalty(std::vector<float>& scores, std::span<const int32_t> prompt,
+                            std::span<const int32_t> generated, float penalty) {
   std::vector<bool> seen(scores.size(), false);
-  for (int32_t id : history) {
-    if (id < 0 || static_cast<size_t>(id) >= scores.size() || seen[id]) continue;
-    seen[id] = true;
-    float& score = scores[id];
-    score = score < 0.0f ? score * penalty : score / penalty;
+  for (std::span<const int32_t> ids : {prompt, generated}) {
+    for (int32_t id : ids) {
+      if (id < 0 || static_cast<size_t>(id) >= scores.size() || seen[id]) continue;
+      seen[id] = true;
+      float& score = scores[id];
+      score = score < 0.0f ? score * penalty : score / penalty;
+    }
+  }
+}
+
+// OpenAI's presence and frequency penalties (OpenAI API reference,
+// "parameter details"): logit[t] -= presence * [count[t] > 0] + frequency * count[t],
+// counting t among the generated ids. Counted by sorting a copy rather than
+// with a vocabulary-sized table: the generated ids are far fewer.
+void ApplyPresenceFrequencyPenalties(std::vector<float>& scores,
+                                     std::span<const int32_t> generated, float presence,
+                                     float frequency) {
+  std::vector<int32_t> ids(generated.begin(), generated.end());
+  std::sort(ids.begin(), ids.end());
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i;
+    while (j < ids.size() && ids[j] == ids[i]) ++j;
+    const int32_t id = ids[i];
+    if (id >= 0 && static_cast<size_t>(id) < scores.size()) {
+      scores[id] -= presence + frequency * static_cast<float>(j - i);
+    }
+    i = j;
   }
 }
 
@@ -103,11 +141,16 @@ size_t SelectNucleus(std::vector<Candidate>& candidates, size_t kept, double tar
 
 }  // namespace
 
-int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> history) {
+int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> prompt,
+                        std::span<const int32_t> generated) {
   std::vector<float> scores(logits.begin(), logits.end());
   if (scores.empty()) return 0;
   if (params_.repetition_penalty != 1.0f) {
-    ApplyRepetitionPenalty(scores, history, params_.repetition_penalty);
+    ApplyRepetitionPenalty(scores, prompt, generated, params_.repetition_penalty);
+  }
+  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
+    ApplyPresenceFrequencyPenalties(scores, generated, params_.presence_penalty,
+                                    params_.frequency_penalty);
   }
   if (params_.temperature == 0.0f) return ArgMax(scores);
 
@@ -136,6 +179,18 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
 
   if (params_.top_p < 1.0f) {
     kept = SelectNucleus(candidates, kept, params_.top_p * total);
+    total = 0.0;
+    for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
+  }
+
+  if (params_.min_p > 0.0f) {
+    // p / p_max = weight / max weight, and the most likely token (weight
+    // exp(0) = 1) survives top-k and top-p, so the cut is weight >= min_p.
+    // Renormalising after top-k/top-p scales every p alike: the ratio, and so
+    // the kept set, is the same as on the full distribution.
+    const auto end = std::partition(candidates.begin(), candidates.begin() + kept,
+                                    [this](const Candidate& c) { return c.weight >= params_.min_p; });
+    kept = static_cast<size_t>(end - candidates.begin());
     total = 0.0;
     for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
   }

@@ -10,16 +10,33 @@
 
 namespace pdserve {
 
+// Fields after `seed` were added later; they come last so that brace
+// initialisation of the first five keeps its meaning.
 struct SamplingParams {
   float temperature = 0.0f;  // 0: greedy (argmax); otherwise > 0
   int top_k = 0;             // 0: off; otherwise keep the k most likely tokens
   float top_p = 1.0f;        // (0, 1]; nucleus sampling (Holtzman et al. 2019)
   float repetition_penalty = 1.0f;  // > 0; 1: off (Keskar et al. 2019, CTRL)
   uint64_t seed = 0;  // the random stream; same seed + same logits = same tokens
+  // [0, 1]; 0: off. Min-p sampling (Nguyen et al. 2024, "Turning Up the
+  // Heat: Min-p Sampling"): keep the tokens whose probability is at least
+  // min_p times the most likely token's, after temperature.
+  float min_p = 0.0f;
+  // [-2, 2]; 0: off. OpenAI's penalties, over the GENERATED tokens only (not
+  // the prompt): logit[t] -= presence_penalty * (count[t] > 0) +
+  // frequency_penalty * count[t], count[t] = occurrences of t so far among
+  // the generated tokens. Negative values favour repeating.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
 };
 
-// INVALID_ARGUMENT naming the field and its range: temperature < 0 or not
-// finite, top_k < 0, top_p outside (0, 1], repetition_penalty <= 0.
+// The API's bound on |presence_penalty| and |frequency_penalty| (OpenAI's).
+inline constexpr float kMaxAbsPresenceFrequencyPenalty = 2.0f;
+
+// INVALID_ARGUMENT naming the field (as sampling.NAME) and its range:
+// temperature < 0 or not finite, top_k < 0, top_p outside (0, 1],
+// repetition_penalty <= 0 or not finite, min_p outside [0, 1],
+// presence_penalty or frequency_penalty outside [-2, 2].
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
 // One per sequence: owns the sequence's random stream, so a request's output
@@ -28,11 +45,22 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
 
-  // Picks the next token from `logits` [vocab] (float32). `history` (prompt +
-  // generated ids) feeds the repetition penalty. Order: repetition penalty,
-  // temperature, top-k, top-p, then a draw; greedy takes the argmax (lowest
-  // id on ties).
-  int32_t Sample(std::span<const float> logits, std::span<const int32_t> history);
+  // Picks the next token from `logits` [vocab] (float32). `prompt` and
+  // `generated` (the ids so far) feed the penalties: the repetition penalty
+  // sees both, the presence and frequency penalties only `generated`. Order:
+  // repetition penalty, presence/frequency penalties, then greedy (argmax,
+  // lowest id on ties) when temperature is 0; otherwise temperature, top-k,
+  // top-p, min-p, then one draw from the renormalised rest. A sampled step
+  // takes exactly one value of the random stream (a greedy one none), so a
+  // seed gives the same tokens for the same logits.
+  int32_t Sample(std::span<const float> logits, std::span<const int32_t> prompt,
+                 std::span<const int32_t> generated);
+
+  // The same with every id of `history` treated as prompt: presence and
+  // frequency penalties see nothing (the form that predates them).
+  int32_t Sample(std::span<const float> logits, std::span<const int32_t> history) {
+    return Sample(logits, history, {});
+  }
 
  private:
   SamplingParams params_;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -209,6 +210,191 @@ TEST_F(KvCacheTest, ConcurrentLeasesReturnEveryBlock) {
   }
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(cache->num_free_blocks(), 32);
+}
+
+// Random K and V rows for `tokens` tokens: [tokens, kWidth] each.
+struct KvRows {
+  std::vector<float> k, v;
+};
+
+class KvCacheForkTest : public KvCacheTest {
+ protected:
+  KvRows Random(int tokens) {
+    std::uniform_real_distribution<float> uniform(-1, 1);
+    KvRows rows{std::vector<float>(tokens * kWidth), std::vector<float>(tokens * kWidth)};
+    for (float& x : rows.k) x = uniform(rng_);
+    for (float& x : rows.v) x = uniform(rng_);
+    return rows;
+  }
+  // Every layer of `lease` at tokens [first, first + rows) equals `rows`
+  // (written to every layer with a per-layer offset of +layer).
+  void WriteAllLayers(KvCache& cache, const KvCache::Sequence& lease, int first,
+                      const KvRows& rows) {
+    const int tokens = static_cast<int>(rows.k.size()) / kWidth;
+    for (int layer = 0; layer < kLayers; ++layer) {
+      KvRows shifted = rows;
+      for (float& x : shifted.k) x += layer;
+      for (float& x : shifted.v) x -= layer;
+      ASSERT_TRUE(cache.WriteTokens(lease, layer, first, tokens, shifted.k.data(),
+                                    shifted.v.data(), DType::kF32)
+                      .ok());
+    }
+  }
+  void ExpectAllLayers(KvCache& cache, const KvCache::Sequence& lease, int first,
+                       const KvRows& rows) {
+    const int tokens = static_cast<int>(rows.k.size()) / kWidth;
+    for (int layer = 0; layer < kLayers; ++layer) {
+      std::vector<float> k(rows.k.size()), v(rows.v.size());
+      ASSERT_TRUE(cache.ReadTokens(lease, layer, first, tokens, k.data(), v.data()).ok());
+      for (size_t i = 0; i < k.size(); ++i) {
+        ASSERT_EQ(k[i], rows.k[i] + layer) << "layer " << layer << " element " << i;
+        ASSERT_EQ(v[i], rows.v[i] - layer) << "layer " << layer << " element " << i;
+      }
+    }
+  }
+
+  std::mt19937 rng_{21};
+};
+
+TEST_F(KvCacheForkTest, ForksReadThePromptKvAndCopyThePartialBlockOnFirstWrite) {
+  auto cache = MakeCache(16, 4);
+  // A 10-token prompt plus the first generated token's slot: 3 blocks, the
+  // last one (tokens 8..11) partly filled.
+  auto parent = cache->Allocate(11);
+  ASSERT_TRUE(parent.ok());
+  const KvRows prompt = Random(10);
+  WriteAllLayers(*cache, **parent, 0, prompt);
+  const int free_at_start = cache->num_free_blocks();
+  ASSERT_EQ(free_at_start, 13);
+
+  std::vector<std::unique_ptr<KvCache::Sequence>> samples;
+  for (int i = 0; i < 3; ++i) {
+    auto fork = cache->Fork(**parent, 10);
+    ASSERT_TRUE(fork.ok()) << fork.status();
+    EXPECT_EQ((*fork)->block_table(), (*parent)->block_table());
+    samples.push_back(std::move(fork).value());
+  }
+  EXPECT_EQ(cache->num_free_blocks(), free_at_start) << "a fork copies nothing";
+  for (int32_t block : (*parent)->block_table()) EXPECT_EQ(cache->block_ref_count(block), 4);
+  samples.insert(samples.begin(), std::move(*parent));
+
+  // Each sample's first generated token goes to position 10, inside the
+  // shared block: the first three writers copy it, the last owns the original.
+  std::vector<KvRows> own;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    ASSERT_TRUE(samples[i]->PrepareWrite(10).ok());
+    own.push_back(Random(1));
+    WriteAllLayers(*cache, *samples[i], 10, own.back());
+  }
+  EXPECT_EQ(cache->num_free_blocks(), free_at_start - 3);
+  std::set<int32_t> last_blocks;
+  for (const auto& sample : samples) last_blocks.insert(sample->block_table()[2]);
+  EXPECT_EQ(last_blocks.size(), 4u) << "each sample owns its partial block";
+  for (int b = 0; b < 2; ++b) {
+    EXPECT_EQ(cache->block_ref_count(samples[0]->block_table()[b]), 4) << "full blocks stay shared";
+  }
+  for (size_t i = 0; i < samples.size(); ++i) {
+    SCOPED_TRACE(i);
+    ExpectAllLayers(*cache, *samples[i], 0, prompt);  // the copy carried tokens 8 and 9
+    ExpectAllLayers(*cache, *samples[i], 10, own[i]);
+  }
+
+  // Growing past the shared blocks takes fresh ones; nothing is copied.
+  ASSERT_TRUE(samples[1]->PrepareWrite(12).ok());
+  EXPECT_EQ(cache->num_free_blocks(), free_at_start - 4);
+
+  samples[0].reset();  // the original lease first: shared blocks stay
+  EXPECT_EQ(cache->num_free_blocks(), free_at_start - 3);
+  samples.clear();
+  EXPECT_EQ(cache->num_free_blocks(), 16);
+  for (int32_t block = 0; block < 16; ++block) EXPECT_EQ(cache->block_ref_count(block), 0);
+}
+
+TEST_F(KvCacheForkTest, ForkAtABlockBoundarySharesOnlyFullBlocks) {
+  auto cache = MakeCache(8, 4);
+  auto parent = cache->Allocate(9);  // 8 prompt tokens + 1: 3 blocks
+  ASSERT_TRUE(parent.ok());
+  const KvRows prompt = Random(8);
+  WriteAllLayers(*cache, **parent, 0, prompt);
+  auto fork = cache->Fork(**parent, 8);
+  ASSERT_TRUE(fork.ok());
+  EXPECT_EQ((*fork)->block_table().size(), 2u);
+  EXPECT_EQ((*fork)->capacity(), 8);
+  EXPECT_EQ(cache->block_ref_count((*parent)->block_table()[2]), 1);
+  ASSERT_TRUE((*fork)->PrepareWrite(8).ok());  // a fresh block, not a copy
+  EXPECT_EQ(cache->num_free_blocks(), 4);
+  ASSERT_TRUE((*parent)->PrepareWrite(8).ok());  // already its own
+  EXPECT_EQ(cache->num_free_blocks(), 4);
+  ExpectAllLayers(*cache, **fork, 0, prompt);
+  fork->reset();
+  parent->reset();
+  EXPECT_EQ(cache->num_free_blocks(), 8);
+}
+
+TEST_F(KvCacheForkTest, SharedBlocksRefuseWriteTokensAndBadForksAreRejected) {
+  auto cache = MakeCache(4, 4);
+  auto parent = cache->Allocate(6);
+  ASSERT_TRUE(parent.ok());
+  EXPECT_EQ(cache->Fork(**parent, 9).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->Fork(**parent, -1).status().code(), absl::StatusCode::kInvalidArgument);
+  auto fork = cache->Fork(**parent, 6);
+  ASSERT_TRUE(fork.ok());
+  const KvRows row = Random(1);
+  for (const KvCache::Sequence* lease : {parent->get(), fork->get()}) {
+    const absl::Status status =
+        cache->WriteTokens(*lease, 0, 5, 1, row.k.data(), row.v.data(), DType::kF32);
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  }
+  EXPECT_EQ((*fork)->PrepareWrite(-1).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*fork)->PrepareWrite(5).ok());
+  EXPECT_TRUE(cache->WriteTokens(**fork, 0, 5, 1, row.k.data(), row.v.data(), DType::kF32).ok());
+  EXPECT_TRUE(
+      cache->WriteTokens(**parent, 0, 5, 1, row.k.data(), row.v.data(), DType::kF32).ok());
+  fork->reset();
+  parent->reset();
+  EXPECT_EQ(cache->num_free_blocks(), 4);
+}
+
+TEST_F(KvCacheForkTest, NoFreeBlockForTheCopyIsResourceExhaustedAndLeavesTheShare) {
+  auto cache = MakeCache(3, 4);
+  auto parent = cache->Allocate(11);  // all 3 blocks
+  ASSERT_TRUE(parent.ok());
+  auto fork = cache->Fork(**parent, 10);
+  ASSERT_TRUE(fork.ok());
+  const std::vector<int32_t> table = (*fork)->block_table();
+  const absl::Status status = (*fork)->PrepareWrite(10);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_EQ((*fork)->block_table(), table);
+  EXPECT_EQ(cache->block_ref_count(table[2]), 2);
+  EXPECT_EQ(cache->num_free_blocks(), 0);
+  parent->reset();  // now the fork alone holds them: writable in place
+  EXPECT_TRUE((*fork)->PrepareWrite(10).ok());
+  EXPECT_EQ((*fork)->block_table(), table);
+  fork->reset();
+  EXPECT_EQ(cache->num_free_blocks(), 3);
+}
+
+TEST_F(KvCacheForkTest, ConcurrentForksAndCopiesReturnEveryBlock) {
+  auto cache = MakeCache(64, 4);
+  auto parent = cache->Allocate(10);
+  ASSERT_TRUE(parent.ok());
+  std::mutex backend_mu;  // PrepareWrite copies through the backend
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < 300; ++i) {
+        auto fork = cache->Fork(**parent, static_cast<int>(rng() % 11));
+        ASSERT_TRUE(fork.ok());
+        std::lock_guard<std::mutex> lock(backend_mu);
+        (void)(*fork)->PrepareWrite(static_cast<int>(rng() % 24));
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(cache->num_free_blocks(), 61);
+  parent->reset();
+  EXPECT_EQ(cache->num_free_blocks(), 64);
 }
 
 }  // namespace

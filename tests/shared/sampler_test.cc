@@ -239,5 +239,143 @@ TEST(SamplerTest, RepetitionPenaltyAppliesBeforeSampling) {
                 {e / (e + 1), 1 / (e + 1)}, draws);
 }
 
+TEST(ValidateSamplingParamsTest, MinPAndPresenceFrequencyRanges) {
+  SamplingParams ok;
+  ok.min_p = 1.0f;
+  ok.presence_penalty = -2.0f;
+  ok.frequency_penalty = 2.0f;
+  EXPECT_TRUE(ValidateSamplingParams(ok).ok());
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  struct Case {
+    float min_p, presence, frequency;
+    std::string field;
+  };
+  for (const Case& c : {Case{-0.01f, 0, 0, "sampling.min_p"}, Case{1.01f, 0, 0, "sampling.min_p"},
+                        Case{nan, 0, 0, "sampling.min_p"},
+                        Case{0, 2.5f, 0, "sampling.presence_penalty"},
+                        Case{0, -2.01f, 0, "sampling.presence_penalty"},
+                        Case{0, nan, 0, "sampling.presence_penalty"},
+                        Case{0, 0, -3.0f, "sampling.frequency_penalty"},
+                        Case{0, 0, nan, "sampling.frequency_penalty"}}) {
+    SamplingParams params;
+    params.min_p = c.min_p;
+    params.presence_penalty = c.presence;
+    params.frequency_penalty = c.frequency;
+    const absl::Status status = ValidateSamplingParams(params);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_NE(std::string(status.message()).find(c.field), std::string::npos) << status;
+  }
+}
+
+SamplingParams Sampled(float temperature, uint64_t seed) {
+  SamplingParams params;
+  params.temperature = temperature;
+  params.seed = seed;
+  return params;
+}
+
+TEST(SamplerTest, MinPOneKeepsOnlyTheMostLikelyToken) {
+  std::mt19937 rng(12);
+  SamplingParams params = Sampled(1.0f, 13);
+  params.min_p = 1.0f;  // p >= p_max: the argmax alone (continuous logits: no ties)
+  Sampler sampler(params);
+  for (int trial = 0; trial < 200; ++trial) {
+    const std::vector<float> logits = RandomLogits(rng, 512, 0.5f);
+    EXPECT_EQ(sampler.Sample(logits, {}), ArgMax(logits));
+  }
+}
+
+TEST(SamplerTest, MinPZeroIsOffAndMidValuesCutRelativeToTheTop) {
+  // Probabilities 0.5, 0.3, 0.15, 0.05 at ids 2, 0, 3, 1.
+  const std::vector<double> p = {0.3, 0.05, 0.5, 0.15};
+  std::vector<float> logits(p.size());
+  for (size_t i = 0; i < p.size(); ++i) logits[i] = static_cast<float>(std::log(p[i]));
+  const int draws = 40000;
+  {
+    SamplingParams params = Sampled(1.0f, 14);
+    params.min_p = 0.0f;
+    Sampler sampler(params);
+    ExpectMatches(Frequencies(sampler, logits, draws), p, draws);
+  }
+  {
+    // Threshold 0.25 * 0.5 = 0.125: id 1 (0.05) goes, the rest renormalise.
+    SamplingParams params = Sampled(1.0f, 15);
+    params.min_p = 0.25f;
+    Sampler sampler(params);
+    const std::vector<double> frequency = Frequencies(sampler, logits, draws);
+    EXPECT_EQ(frequency[1], 0.0);
+    ExpectMatches(frequency, {0.3 / 0.95, 0.0, 0.5 / 0.95, 0.15 / 0.95}, draws);
+  }
+  {
+    // After temperature 2, p' is proportional to sqrt(p): ratios to the top
+    // are sqrt(0.6) = 0.77, sqrt(0.1) = 0.32, sqrt(0.3) = 0.55. min_p 0.5
+    // keeps ids 2, 0, 3 (it would drop id 3 without the temperature).
+    SamplingParams params = Sampled(2.0f, 16);
+    params.min_p = 0.5f;
+    Sampler sampler(params);
+    const double z = std::sqrt(0.3) + std::sqrt(0.5) + std::sqrt(0.15);
+    const std::vector<double> frequency = Frequencies(sampler, logits, draws);
+    EXPECT_EQ(frequency[1], 0.0);
+    ExpectMatches(frequency, {std::sqrt(0.3) / z, 0.0, std::sqrt(0.5) / z, std::sqrt(0.15) / z},
+                  draws);
+  }
+}
+
+TEST(SamplerTest, PresenceAndFrequencyPenaltiesSubtractFromGeneratedTokensOnly) {
+  const std::vector<float> logits = {0.2f, 1.0f, 0.9f, -0.3f, 0.4f, 0.7f};
+  const std::vector<int32_t> prompt = {1, 4};           // never penalised by these two
+  const std::vector<int32_t> generated = {2, 5, 2, 2};  // id 2 three times, id 5 once
+  const float presence = 0.5f, frequency = 0.25f;
+  // By hand: logit[2] = 0.9 - 0.5 - 3 * 0.25 = -0.35; logit[5] = 0.7 - 0.5 - 0.25 = -0.05.
+  const std::vector<float> adjusted = {0.2f, 1.0f, -0.35f, -0.3f, 0.4f, -0.05f};
+  SamplingParams params = Sampled(1.0f, 17);
+  params.presence_penalty = presence;
+  params.frequency_penalty = frequency;
+  Sampler sampler(params);
+  const int draws = 40000;
+  std::vector<int> counts(logits.size(), 0);
+  for (int i = 0; i < draws; ++i) ++counts[sampler.Sample(logits, prompt, generated)];
+  std::vector<double> observed(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) observed[i] = static_cast<double>(counts[i]) / draws;
+  ExpectMatches(observed, Softmax(adjusted, 1.0), draws);
+
+  // Greedy sees the same adjustment: id 1 wins until it is generated, then
+  // id 2 (0.9) beats 1 - 0.5 - 0.25 = 0.25, then id 5 (0.7) beats
+  // 0.9 - 0.75 = 0.15; ids only in the prompt are not penalised.
+  SamplingParams greedy_params;
+  greedy_params.presence_penalty = presence;
+  greedy_params.frequency_penalty = frequency;
+  Sampler greedy(greedy_params);
+  EXPECT_EQ(greedy.Sample(logits, prompt, {}), 1);
+  EXPECT_EQ(greedy.Sample(logits, prompt, std::vector<int32_t>{1}), 2);
+  EXPECT_EQ(greedy.Sample(logits, prompt, std::vector<int32_t>{1, 2}), 5);
+  EXPECT_EQ(greedy.Sample(logits, std::vector<int32_t>{1, 1, 1}, {}), 1);
+
+  // Negative values favour repeats: presence -1 lifts id 3 from -0.3 to 0.7,
+  // still below id 1; adding frequency -2 with two occurrences lifts it to 4.7.
+  SamplingParams favour;
+  favour.presence_penalty = -1.0f;
+  Sampler favour_presence(favour);
+  EXPECT_EQ(favour_presence.Sample(logits, {}, std::vector<int32_t>{3}), 1);
+  favour.frequency_penalty = -2.0f;
+  Sampler favour_frequency(favour);
+  EXPECT_EQ(favour_frequency.Sample(logits, {}, std::vector<int32_t>{3, 3}), 3);
+}
+
+TEST(SamplerTest, TwoArgumentFormMatchesPromptOnlyHistory) {
+  // The pre-existing form: the whole history feeds the repetition penalty,
+  // exactly like passing it as the prompt.
+  std::mt19937 rng(18);
+  SamplingParams params = Sampled(0.8f, 19);
+  params.repetition_penalty = 1.3f;
+  params.presence_penalty = 1.0f;
+  Sampler a(params), b(params);
+  const std::vector<int32_t> history = {3, 9, 9, 27};
+  for (int i = 0; i < 100; ++i) {
+    const std::vector<float> logits = RandomLogits(rng, 64);
+    EXPECT_EQ(a.Sample(logits, history), b.Sample(logits, history, {}));
+  }
+}
+
 }  // namespace
 }  // namespace pdserve
