@@ -1,6 +1,7 @@
 #include "shared/transformer.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -156,62 +157,387 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const ModelConf
   return model;
 }
 
-absl::StatusOr<std::vector<float>> Transformer::Prefill(std::span<const int32_t> tokens,
-                                                        const LayerKvSink& sink) {
-  const ModelConfig& c = config_;
+namespace {
+
+// The single-prompt checks Prefill has always made: INVALID_ARGUMENT naming
+// `field` for an empty prompt, one beyond the context, or an unknown id.
+absl::Status ValidatePrompt(std::span<const int32_t> tokens, const ModelConfig& c,
+                            const std::string& field) {
   if (tokens.empty()) {
-    return absl::InvalidArgumentError("prompt: empty; it needs at least 1 token");
+    return absl::InvalidArgumentError(absl::StrCat(field, ": empty; it needs at least 1 token"));
   }
   if (static_cast<int64_t>(tokens.size()) > c.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt: ", tokens.size(),
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", tokens.size(),
                                                    " tokens exceed max_position_embeddings ",
                                                    c.max_position_embeddings));
   }
-  PDSERVE_RETURN_IF_ERROR(CheckTokenIds(tokens, c.vocab_size, "prompt"));
-  const int n = static_cast<int>(tokens.size());
-  Backend& backend = *backend_;
+  return CheckTokenIds(tokens, c.vocab_size, field.c_str());
+}
 
-  PDSERVE_ASSIGN_OR_RETURN(Activations a, AllocateActivations(backend, c, n));
-  std::vector<int32_t> position_values(n);
-  for (int i = 0; i < n; ++i) position_values[i] = i;
-  PDSERVE_ASSIGN_OR_RETURN(BufferPtr ids, UploadIndices(backend, tokens));
-  PDSERVE_ASSIGN_OR_RETURN(BufferPtr positions, UploadIndices(backend, position_values));
-  // Attention and the sink take K and V in kv_dtype(); where that differs
-  // from the activations, KvScatter with slots 0..n-1 converts them.
-  const bool convert_kv = backend.kv_dtype() != backend.activation_dtype();
-  BufferPtr k_kv, v_kv;
-  if (convert_kv) {
-    const size_t elements = static_cast<size_t>(n) * KvWidth(c);
-    PDSERVE_ASSIGN_OR_RETURN(k_kv, backend.Allocate(elements, backend.kv_dtype()));
-    PDSERVE_ASSIGN_OR_RETURN(v_kv, backend.Allocate(elements, backend.kv_dtype()));
-  }
-  const DeviceBuffer& k = convert_kv ? *k_kv : *a.k;
-  const DeviceBuffer& v = convert_kv ? *v_kv : *a.v;
-  const PrefillAttentionParams attention{
-      n,           n,
-      c.num_heads, c.num_kv_heads,
-      c.head_dim,  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-
-  backend.Embedding(*embed_tokens_, *ids, n, c.hidden_size, *a.x);
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerBuffers& w = layers_[l];
-    AttentionInputs(backend, c, *w.input_layernorm, *w.qkv_proj, *positions, n, a);
-    if (convert_kv) {
-      backend.KvScatter(*a.k, *a.v, *positions, n, KvWidth(c), *k_kv, *v_kv);
+// Layers in [-1, num_layers), each once, and a sink to receive them.
+absl::Status ValidateCapture(const PrefillSequence& sequence, const ModelConfig& c,
+                             const std::string& field) {
+  const std::vector<int>& layers = sequence.capture.hidden_state_layers;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i] < -1 || layers[i] >= c.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".hidden_state_layers[", i, "]: layer ",
+                                                     layers[i], " outside [-1, num_layers ",
+                                                     c.num_layers, ")"));
     }
-    if (sink) PDSERVE_RETURN_IF_ERROR(sink(l, k, v, n));
-    backend.PrefillAttention(*a.q, k, v, attention, *a.attn);
-    AttentionOutputAndMlp(backend, c, *w.o_proj, *w.post_attention_layernorm, *w.gate_up_proj,
-                          *w.down_proj, n, a);
+    if (std::find(layers.begin(), layers.begin() + i, layers[i]) != layers.begin() + i) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".hidden_state_layers[", i,
+                                                     "]: layer ", layers[i], " asked for twice"));
+    }
   }
-  // Only the last position's hidden state leaves: normalise that row alone.
-  PDSERVE_ASSIGN_OR_RETURN(BufferPtr last, backend.Allocate(c.hidden_size, a.x->dtype()));
-  backend.CopyElements(*a.x, static_cast<size_t>(n - 1) * c.hidden_size, *last, 0, c.hidden_size);
-  backend.RmsNorm(*last, *norm_, 1, c.hidden_size, c.rms_norm_eps, *last);
-  std::vector<float> hidden(c.hidden_size);
-  PDSERVE_RETURN_IF_ERROR(backend.Synchronize());
-  PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*last, 0, c.hidden_size, hidden.data(), DType::kF32));
-  return hidden;
+  if (!sequence.capture.empty() && !sequence.hidden_sink) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".hidden_sink: missing, but the capture asks for hidden states"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// One PrefillBatch call. Each forward step takes the next tokens of the
+// unfinished prompts in order, up to the step budget, as "pieces": prompt
+// tokens [first_token, first_token + count) at activation rows
+// [row, row + count). Everything but attention runs once over all rows.
+// Attention needs each prompt's queries and keys on their own (the backend's
+// PrefillAttention reads whole buffers), so per piece:
+//   * a prompt that spans several steps keeps per-layer K/V buffers [n, kv]
+//     its pieces are appended to (chunked prefill: later chunks attend over
+//     them);
+//   * a prompt done in one step uses the step's K/V buffer directly when it
+//     is the step's only piece, or a scratch copy of its rows otherwise;
+//   * queries and outputs go through scratch copies unless the piece is the
+//     step's only one.
+class PrefillBatchRunner {
+ public:
+  PrefillBatchRunner(Transformer& model, std::span<const PrefillSequence> sequences,
+                     const PrefillBatchOptions& options)
+      : model_(model),
+        c_(model.config_),
+        backend_(*model.backend_),
+        sequences_(sequences),
+        prompts_(sequences.size()) {
+    result_.final_hidden.resize(sequences.size());
+    budget_ = options.chunk_tokens > 0 ? options.chunk_tokens : INT_MAX;
+    if (options.chunk_tokens < 0) {
+      for (size_t i = 0; i < sequences.size(); ++i) {
+        Finish(i, absl::InvalidArgumentError(absl::StrCat(
+                      "chunk_tokens: ", options.chunk_tokens, " is negative (0: no chunking)")));
+      }
+    }
+  }
+
+  PrefillBatchResult Run() {
+    int64_t total_tokens = 0;
+    for (size_t i = 0; i < sequences_.size(); ++i) {
+      if (prompts_[i].finished) continue;
+      const std::string field =
+          sequences_.size() == 1 ? std::string("prompt") : absl::StrCat("prompts[", i, "]");
+      absl::Status valid = ValidatePrompt(sequences_[i].tokens, c_, field);
+      if (valid.ok()) valid = ValidateCapture(sequences_[i], c_, field);
+      if (!valid.ok()) {
+        Finish(i, valid);
+        continue;
+      }
+      Prompt& prompt = prompts_[i];
+      prompt.num_tokens = static_cast<int>(sequences_[i].tokens.size());
+      prompt.captures.assign(c_.num_layers + 1, false);  // index: layer + 1
+      for (int layer : sequences_[i].capture.hidden_state_layers) prompt.captures[layer + 1] = true;
+      total_tokens += prompt.num_tokens;
+    }
+    if (total_tokens == 0) return std::move(result_);
+    max_rows_ = static_cast<int>(std::min<int64_t>(total_tokens, budget_));
+    absl::Status status = Allocate();
+    while (status.ok()) {
+      const std::vector<Piece> pieces = NextStep();
+      if (pieces.empty()) break;
+      ++result_.forward_steps;
+      status = RunStep(pieces);
+      for (const Piece& piece : pieces) {  // a finished prompt's keys are no longer needed
+        Prompt& prompt = prompts_[piece.prompt];
+        if (prompt.finished) {
+          prompt.k.clear();
+          prompt.v.clear();
+        }
+      }
+    }
+    if (!status.ok()) {
+      for (size_t i = 0; i < sequences_.size(); ++i) Finish(i, status);
+    }
+    return std::move(result_);
+  }
+
+ private:
+  struct Piece {
+    int prompt = 0;
+    int first_token = 0;
+    int count = 0;
+    int row = 0;
+  };
+  struct Prompt {
+    int num_tokens = 0;
+    int next_token = 0;     // tokens before it have been through a step
+    bool finished = false;  // its outcome is in result_ (and `done` has run)
+    std::vector<bool> captures;  // [num_layers + 1]: hidden states after layer i - 1
+    // Prompts spanning several steps: K and V of every layer, [n, kv] each.
+    std::vector<BufferPtr> k, v;
+  };
+
+  int KvWidth() const { return c_.num_kv_heads * c_.head_dim; }
+  int QWidth() const { return c_.num_heads * c_.head_dim; }
+  bool Live(const Piece& piece) const { return !prompts_[piece.prompt].finished; }
+
+  void Finish(size_t i, absl::StatusOr<std::vector<float>> outcome) {
+    if (prompts_[i].finished) return;
+    prompts_[i].finished = true;
+    result_.final_hidden[i] = std::move(outcome);
+    if (sequences_[i].done) sequences_[i].done(result_.final_hidden[i]);
+  }
+
+  // Buffers sized for the largest step, reused by every step.
+  absl::Status Allocate() {
+    PDSERVE_ASSIGN_OR_RETURN(a_, AllocateActivations(backend_, c_, max_rows_));
+    const size_t rows = static_cast<size_t>(max_rows_);
+    PDSERVE_ASSIGN_OR_RETURN(ids_, backend_.Allocate(rows, DType::kI32));
+    PDSERVE_ASSIGN_OR_RETURN(positions_, backend_.Allocate(rows, DType::kI32));
+    // Attention and the sinks take K and V in kv_dtype(); where that differs
+    // from the activations, KvScatter with slots 0..rows-1 converts them.
+    if (backend_.kv_dtype() != backend_.activation_dtype()) {
+      std::vector<int32_t> identity(max_rows_);
+      for (int i = 0; i < max_rows_; ++i) identity[i] = i;
+      PDSERVE_ASSIGN_OR_RETURN(identity_slots_, UploadIndices(backend_, identity));
+      PDSERVE_ASSIGN_OR_RETURN(k_step_, backend_.Allocate(rows * KvWidth(), backend_.kv_dtype()));
+      PDSERVE_ASSIGN_OR_RETURN(v_step_, backend_.Allocate(rows * KvWidth(), backend_.kv_dtype()));
+    }
+    return absl::OkStatus();
+  }
+
+  // Scratch for steps of several pieces, allocated the first time one comes.
+  absl::Status AllocateScratch() {
+    if (q_scratch_ != nullptr) return absl::OkStatus();
+    const size_t rows = static_cast<size_t>(max_rows_);
+    const DType act = backend_.activation_dtype();
+    PDSERVE_ASSIGN_OR_RETURN(q_scratch_, backend_.Allocate(rows * QWidth(), act));
+    PDSERVE_ASSIGN_OR_RETURN(attn_scratch_, backend_.Allocate(rows * QWidth(), act));
+    PDSERVE_ASSIGN_OR_RETURN(k_scratch_, backend_.Allocate(rows * KvWidth(), backend_.kv_dtype()));
+    PDSERVE_ASSIGN_OR_RETURN(v_scratch_, backend_.Allocate(rows * KvWidth(), backend_.kv_dtype()));
+    return absl::OkStatus();
+  }
+
+  // The next step's pieces: unfinished prompts in order, up to the budget.
+  std::vector<Piece> NextStep() {
+    std::vector<Piece> pieces;
+    int rows = 0;
+    for (size_t i = 0; i < prompts_.size() && rows < budget_; ++i) {
+      Prompt& prompt = prompts_[i];
+      if (prompt.finished || prompt.next_token >= prompt.num_tokens) continue;
+      const int count = std::min(prompt.num_tokens - prompt.next_token, budget_ - rows);
+      pieces.push_back(Piece{static_cast<int>(i), prompt.next_token, count, rows});
+      prompt.next_token += count;
+      rows += count;
+    }
+    return pieces;
+  }
+
+  // Gives every live piece whose prompt asked for `layer` its rows of `x`
+  // ([rows, hidden], activation dtype).
+  absl::Status Capture(int layer, const DeviceBuffer& x, const std::vector<Piece>& pieces) {
+    std::vector<float> values;
+    for (const Piece& piece : pieces) {
+      if (!Live(piece)) continue;
+      const PrefillSequence& sequence = sequences_[piece.prompt];
+      const bool wanted = layer == c_.num_layers ? sequence.capture.all_positions
+                                                 : prompts_[piece.prompt].captures[layer + 1];
+      if (!wanted) continue;
+      values.resize(static_cast<size_t>(piece.count) * c_.hidden_size);
+      PDSERVE_RETURN_IF_ERROR(backend_.CopyToHost(x, static_cast<size_t>(piece.row) * c_.hidden_size,
+                                                  values.size(), values.data(), DType::kF32));
+      absl::Status sunk = sequence.hidden_sink(layer, piece.first_token, piece.count, values);
+      if (!sunk.ok()) Finish(piece.prompt, sunk);
+    }
+    return absl::OkStatus();
+  }
+
+  // Places a piece's K and V of layer `l` where its attention reads them,
+  // hands them to its sink, and runs its attention.
+  absl::Status AttendPiece(int l, const Piece& piece, bool alone, const DeviceBuffer& k_step,
+                           const DeviceBuffer& v_step) {
+    Prompt& prompt = prompts_[piece.prompt];
+    const size_t kv = static_cast<size_t>(KvWidth());
+    const size_t rows = static_cast<size_t>(piece.count);
+    const DeviceBuffer* k = &k_step;
+    const DeviceBuffer* v = &v_step;
+    if (piece.first_token + piece.count < prompt.num_tokens && prompt.k.empty()) {
+      // More chunks follow: keep this prompt's keys for them.
+      for (int layer = 0; layer < c_.num_layers; ++layer) {
+        const size_t elements = static_cast<size_t>(prompt.num_tokens) * kv;
+        absl::StatusOr<BufferPtr> k_all = backend_.Allocate(elements, backend_.kv_dtype());
+        absl::StatusOr<BufferPtr> v_all = backend_.Allocate(elements, backend_.kv_dtype());
+        if (!k_all.ok() || !v_all.ok()) {
+          prompt.k.clear();
+          prompt.v.clear();
+          Finish(piece.prompt, k_all.ok() ? v_all.status() : k_all.status());
+          return absl::OkStatus();
+        }
+        prompt.k.push_back(std::move(*k_all));
+        prompt.v.push_back(std::move(*v_all));
+      }
+    }
+    if (!prompt.k.empty()) {
+      k = prompt.k[l].get();
+      v = prompt.v[l].get();
+      backend_.CopyElements(k_step, piece.row * kv, *prompt.k[l], piece.first_token * kv, rows * kv);
+      backend_.CopyElements(v_step, piece.row * kv, *prompt.v[l], piece.first_token * kv, rows * kv);
+    } else if (!alone) {
+      k = k_scratch_.get();
+      v = v_scratch_.get();
+      backend_.CopyElements(k_step, piece.row * kv, *k_scratch_, 0, rows * kv);
+      backend_.CopyElements(v_step, piece.row * kv, *v_scratch_, 0, rows * kv);
+    }
+    const PrefillSequence& sequence = sequences_[piece.prompt];
+    if (sequence.kv_sink) {
+      absl::Status sunk = sequence.kv_sink(l, *k, *v, piece.first_token, piece.count);
+      if (!sunk.ok()) {
+        Finish(piece.prompt, sunk);
+        return absl::OkStatus();  // its rows run on unattended; nobody reads them
+      }
+    }
+    const PrefillAttentionParams params{piece.count,
+                                        piece.first_token + piece.count,
+                                        c_.num_heads,
+                                        c_.num_kv_heads,
+                                        c_.head_dim,
+                                        1.0f / std::sqrt(static_cast<float>(c_.head_dim))};
+    if (alone) {
+      backend_.PrefillAttention(*a_.q, *k, *v, params, *a_.attn);
+      return absl::OkStatus();
+    }
+    const size_t q = static_cast<size_t>(QWidth());
+    backend_.CopyElements(*a_.q, piece.row * q, *q_scratch_, 0, rows * q);
+    backend_.PrefillAttention(*q_scratch_, *k, *v, params, *attn_scratch_);
+    backend_.CopyElements(*attn_scratch_, 0, *a_.attn, piece.row * q, rows * q);
+    return absl::OkStatus();
+  }
+
+  // One forward pass over `pieces`. Non-OK only for a failure of the whole
+  // step (the backend); a prompt's own failure just finishes that prompt.
+  absl::Status RunStep(const std::vector<Piece>& pieces) {
+    const int rows = pieces.back().row + pieces.back().count;
+    const bool alone = pieces.size() == 1;
+    if (!alone) PDSERVE_RETURN_IF_ERROR(AllocateScratch());
+    std::vector<int32_t> ids, positions;
+    ids.reserve(rows);
+    positions.reserve(rows);
+    for (const Piece& piece : pieces) {
+      const std::span<const int32_t> tokens = sequences_[piece.prompt].tokens;
+      for (int t = piece.first_token; t < piece.first_token + piece.count; ++t) {
+        ids.push_back(tokens[t]);
+        positions.push_back(t);
+      }
+    }
+    PDSERVE_RETURN_IF_ERROR(backend_.CopyToDevice(ids.data(), DType::kI32, ids.size(), *ids_, 0));
+    PDSERVE_RETURN_IF_ERROR(
+        backend_.CopyToDevice(positions.data(), DType::kI32, positions.size(), *positions_, 0));
+    const DeviceBuffer& k_step = k_step_ ? *k_step_ : *a_.k;
+    const DeviceBuffer& v_step = v_step_ ? *v_step_ : *a_.v;
+
+    backend_.Embedding(*model_.embed_tokens_, *ids_, rows, c_.hidden_size, *a_.x);
+    PDSERVE_RETURN_IF_ERROR(Capture(-1, *a_.x, pieces));
+    for (int l = 0; l < c_.num_layers; ++l) {
+      const Transformer::LayerBuffers& w = model_.layers_[l];
+      AttentionInputs(backend_, c_, *w.input_layernorm, *w.qkv_proj, *positions_, rows, a_);
+      if (k_step_) backend_.KvScatter(*a_.k, *a_.v, *identity_slots_, rows, KvWidth(), *k_step_, *v_step_);
+      for (const Piece& piece : pieces) {
+        if (Live(piece)) PDSERVE_RETURN_IF_ERROR(AttendPiece(l, piece, alone, k_step, v_step));
+      }
+      AttentionOutputAndMlp(backend_, c_, *w.o_proj, *w.post_attention_layernorm, *w.gate_up_proj,
+                            *w.down_proj, rows, a_);
+      PDSERVE_RETURN_IF_ERROR(Capture(l, *a_.x, pieces));
+    }
+    return FinishStep(pieces, rows);
+  }
+
+  // The final RMSNorm: of every row when some prompt wants all positions,
+  // else only of the last row of each prompt this step completes.
+  absl::Status FinishStep(const std::vector<Piece>& pieces, int rows) {
+    bool norm_all = false;
+    std::vector<const Piece*> completing;
+    for (const Piece& piece : pieces) {
+      if (!Live(piece)) continue;
+      norm_all = norm_all || sequences_[piece.prompt].capture.all_positions;
+      if (piece.first_token + piece.count == prompts_[piece.prompt].num_tokens) {
+        completing.push_back(&piece);
+      }
+    }
+    const int hidden = c_.hidden_size;
+    if (norm_all) {
+      backend_.RmsNorm(*a_.x, *model_.norm_, rows, hidden, c_.rms_norm_eps, *a_.xb);
+      PDSERVE_RETURN_IF_ERROR(Capture(c_.num_layers, *a_.xb, pieces));
+    }
+    if (completing.empty()) return backend_.Synchronize();
+    if (last_ == nullptr) {
+      PDSERVE_ASSIGN_OR_RETURN(last_, backend_.Allocate(prompts_.size() * static_cast<size_t>(hidden),
+                                                        backend_.activation_dtype()));
+    }
+    const int m = static_cast<int>(completing.size());
+    for (int j = 0; j < m; ++j) {
+      const size_t last_row = static_cast<size_t>(completing[j]->row + completing[j]->count - 1);
+      backend_.CopyElements(norm_all ? *a_.xb : *a_.x, last_row * hidden, *last_,
+                            static_cast<size_t>(j) * hidden, hidden);
+    }
+    if (!norm_all) backend_.RmsNorm(*last_, *model_.norm_, m, hidden, c_.rms_norm_eps, *last_);
+    std::vector<float> values(static_cast<size_t>(m) * hidden);
+    PDSERVE_RETURN_IF_ERROR(backend_.Synchronize());
+    PDSERVE_RETURN_IF_ERROR(backend_.CopyToHost(*last_, 0, values.size(), values.data(), DType::kF32));
+    for (int j = 0; j < m; ++j) {
+      // A sink of the final-norm capture may have ended it meanwhile.
+      if (!Live(*completing[j])) continue;
+      Finish(completing[j]->prompt,
+             std::vector<float>(values.begin() + static_cast<size_t>(j) * hidden,
+                                values.begin() + static_cast<size_t>(j + 1) * hidden));
+    }
+    return absl::OkStatus();
+  }
+
+  Transformer& model_;
+  const ModelConfig& c_;
+  Backend& backend_;
+  std::span<const PrefillSequence> sequences_;
+  std::vector<Prompt> prompts_;
+  PrefillBatchResult result_;
+  int budget_ = INT_MAX;
+  int max_rows_ = 0;
+
+  Activations a_;
+  BufferPtr ids_, positions_;           // I32 [max_rows]
+  BufferPtr identity_slots_;            // I32 0..max_rows-1, when K/V need converting
+  BufferPtr k_step_, v_step_;           // [max_rows, kv] kv_dtype, when converting
+  BufferPtr q_scratch_, attn_scratch_;  // [max_rows, heads * head_dim]
+  BufferPtr k_scratch_, v_scratch_;     // [max_rows, kv] kv_dtype
+  BufferPtr last_;                      // [prompts, hidden] final hidden rows
+};
+
+absl::StatusOr<std::vector<float>> Transformer::Prefill(std::span<const int32_t> tokens,
+                                                        const LayerKvSink& sink) {
+  PrefillSequence sequence;
+  sequence.tokens = tokens;
+  if (sink) {
+    // One step (no chunking), so every call covers tokens [0, n).
+    sequence.kv_sink = [&sink](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
+                               int /*first_token*/, int num_tokens) {
+      return sink(layer, k, v, num_tokens);
+    };
+  }
+  PrefillBatchResult result = PrefillBatch(std::span<const PrefillSequence>(&sequence, 1), {});
+  return std::move(result.final_hidden[0]);
+}
+
+PrefillBatchResult Transformer::PrefillBatch(std::span<const PrefillSequence> sequences,
+                                             const PrefillBatchOptions& options) {
+  return PrefillBatchRunner(*this, sequences, options).Run();
 }
 
 absl::StatusOr<std::vector<float>> Transformer::ComputeLogits(std::span<const float> hidden,

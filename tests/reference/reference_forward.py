@@ -82,15 +82,18 @@ def read_safetensors(path):
     return tensors
 
 
-def load_tensors(model_dir):
+def safetensors_files(model_dir):
+    """The checkpoint's files: the shards its index names, or model.safetensors."""
     index_path = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index_path):
         with open(index_path) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+            return sorted(set(json.load(f)["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def load_tensors(model_dir):
     tensors = {}
-    for name in files:
+    for name in safetensors_files(model_dir):
         tensors.update(read_safetensors(os.path.join(model_dir, name)))
     return tensors
 
@@ -172,12 +175,17 @@ class Model:
             out[:, h, :] = p @ v[:, g, :]
         return out.reshape(n, -1)
 
-    def forward(self, ids):
-        """Returns (final hidden [n, hidden] after the final norm, logits [n, vocab])."""
+    def forward(self, ids, residuals=None):
+        """Returns (final hidden [n, hidden] after the final norm, logits [n, vocab]).
+        When `residuals` is a list, appends the residual stream x [n, hidden]
+        after the embedding and after every decoder layer (before the final
+        norm) to it: num_layers + 1 arrays."""
         ids = np.asarray(ids)
         n = len(ids)
         positions = np.arange(n)
         x = self.embed[ids].copy()
+        if residuals is not None:
+            residuals.append(x.copy())
         for layer in self.layers:
             h = self.rmsnorm(x, layer["input_norm"])
             q = (h @ layer["wq"].T).reshape(n, self.num_heads, self.head_dim)
@@ -188,6 +196,8 @@ class Model:
             h = self.rmsnorm(x, layer["post_norm"])
             gate, up = h @ layer["wg"].T, h @ layer["wu"].T
             x = x + (gate / (1.0 + np.exp(-gate)) * up) @ layer["wd"].T
+            if residuals is not None:
+                residuals.append(x.copy())
         hidden = self.rmsnorm(x, self.norm)
         return hidden, hidden @ self.lm_head.T
 
@@ -260,6 +270,53 @@ def decode(pieces, ids):
 
 # ---- golden files ---------------------------------------------------------------
 
+HIDDEN_STATES_CASE = "once_upon"
+NUM_TOP_NEXT = 10
+
+
+def tensor_table_parameters(model_dir):
+    """Elements over every tensor of the checkpoint, from the safetensors
+    headers alone (the shapes), each tensor once."""
+    total = 0
+    for name in safetensors_files(model_dir):
+        with open(os.path.join(model_dir, name), "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+        for tensor, info in header.items():
+            if tensor != "__metadata__":
+                total += int(np.prod(info["shape"], dtype=np.int64))
+    return total
+
+
+def hidden_states_golden(model, model_dir, prefix, pieces):
+    """Per-layer hidden states of one prompt, every position, in float64:
+    "-1" is the embeddings output, "l" the residual stream after decoder
+    layer l (before the final norm); "final_norm" the final RMSNorm output
+    (HF last_hidden_state[0]); the most likely next tokens after the last
+    position with softmax probabilities (computed in float64); and the
+    parameter count of the tensor table."""
+    prompt = CASES[HIDDEN_STATES_CASE]
+    residuals = []
+    hidden, logits = model.forward(prompt, residuals)
+    last = logits[-1] - logits[-1].max()
+    probs = np.exp(last) / np.exp(last).sum()
+    top = sorted(range(len(probs)), key=lambda i: (-probs[i], i))[:NUM_TOP_NEXT]
+    return {
+        "description": "Float64 hidden states of " + prefix + " for one prompt by "
+                       "tests/reference/reference_forward.py; see tests/reference/README.md.",
+        "case": HIDDEN_STATES_CASE,
+        "prompt": prompt,
+        "hidden_size": model.hidden,
+        "num_layers": model.num_layers,
+        "layers": {str(i - 1): [[float(v) for v in row] for row in r]
+                   for i, r in enumerate(residuals)},
+        "final_norm": [[float(v) for v in row] for row in hidden],
+        "top_next_tokens": [{"id": int(i), "probability": float(probs[i]),
+                             "piece": pieces[i][0]} for i in top],
+        "parameter_count": tensor_table_parameters(model_dir),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -313,6 +370,13 @@ def main():
     with open(os.path.join(args.out, f"{prefix}_forward.json"), "w") as f:
         json.dump(golden, f, indent=1)
         f.write("\n")
+    states = hidden_states_golden(model, args.model, prefix, pieces)
+    with open(os.path.join(args.out, f"{prefix}_hidden_states.json"), "w") as f:
+        json.dump(states, f, indent=1)
+        f.write("\n")
+    print(f"{HIDDEN_STATES_CASE}: hidden states of {len(states['layers'])} layers, top next "
+          f"{[(t['id'], round(t['probability'], 4)) for t in states['top_next_tokens'][:5]]}, "
+          f"{states['parameter_count']} parameters")
     return 0
 
 

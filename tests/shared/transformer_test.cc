@@ -5,11 +5,13 @@
 // its sequences run alone.
 #include "shared/transformer.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -71,6 +73,18 @@ float MaxAbsDifference(std::span<const float> a, std::span<const float> b) {
   float worst = 0.0f;
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
     const float d = std::fabs(a[i] - b[i]);
+    worst = std::isnan(d) ? INFINITY : std::max(worst, d);
+  }
+  return worst;
+}
+
+// max_i |a_i - b_i| / max(1, |b_i|): float32 rounding grows with the
+// magnitude (K reaches ~30 in stories260K, where one ulp is 2e-6).
+float MaxScaledDifference(std::span<const float> a, std::span<const float> b) {
+  EXPECT_EQ(a.size(), b.size());
+  float worst = 0.0f;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    const float d = std::fabs(a[i] - b[i]) / std::max(1.0f, std::fabs(b[i]));
     worst = std::isnan(d) ? INFINITY : std::max(worst, d);
   }
   return worst;
@@ -328,6 +342,260 @@ TEST_F(TransformerTest, SinkErrorAbortsPrefill) {
   auto result = model_->Prefill(golden_->at(0).prompt, sink);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(calls, 3);
+}
+
+// ---- batched and chunked prefill ----------------------------------------------
+
+// What PrefillBatch hands one prompt, collected on the host.
+struct Collected {
+  int num_tokens = 0;
+  std::vector<std::vector<float>> k, v;       // [layer] -> [n, kv_width]
+  std::vector<int> kv_seen;                   // [layer * n + token]: times delivered
+  std::vector<std::pair<int, int>> kv_calls;  // (first_token, num_tokens) of layer 0's calls
+  std::map<int, std::vector<float>> hidden;   // layer -> [n, hidden]
+  std::map<int, std::vector<int>> hidden_seen;
+  absl::StatusOr<std::vector<float>> final_hidden = absl::UnknownError("not done");
+  int done_calls = 0;
+};
+
+class BatchedPrefillTest : public TransformerTest {
+ protected:
+  // A PrefillSequence whose sinks fill `out`.
+  PrefillSequence Collect(std::span<const int32_t> prompt, Collected& out,
+                          PrefillCapture capture = {}) {
+    const int n = static_cast<int>(prompt.size());
+    const int kv_width = config_.num_kv_heads * config_.head_dim;
+    const int hidden = config_.hidden_size;
+    out.num_tokens = n;
+    out.k.assign(config_.num_layers, std::vector<float>(static_cast<size_t>(n) * kv_width, NAN));
+    out.v = out.k;
+    out.kv_seen.assign(static_cast<size_t>(config_.num_layers) * n, 0);
+    PrefillSequence sequence;
+    sequence.tokens = prompt;
+    sequence.capture = std::move(capture);
+    sequence.kv_sink = [this, &out, n, kv_width](int layer, const DeviceBuffer& k,
+                                                 const DeviceBuffer& v, int first,
+                                                 int count) -> absl::Status {
+      const size_t offset = static_cast<size_t>(first) * kv_width;
+      const size_t elements = static_cast<size_t>(count) * kv_width;
+      absl::Status status =
+          backend_->CopyToHost(k, offset, elements, out.k[layer].data() + offset, DType::kF32);
+      if (status.ok()) {
+        status =
+            backend_->CopyToHost(v, offset, elements, out.v[layer].data() + offset, DType::kF32);
+      }
+      for (int t = first; t < first + count; ++t) ++out.kv_seen[static_cast<size_t>(layer) * n + t];
+      if (layer == 0) out.kv_calls.emplace_back(first, count);
+      return status;
+    };
+    sequence.hidden_sink = [&out, n, hidden](int layer, int first, int count,
+                                             std::span<const float> values) -> absl::Status {
+      std::vector<float>& rows = out.hidden[layer];
+      std::vector<int>& seen = out.hidden_seen[layer];
+      rows.resize(static_cast<size_t>(n) * hidden, NAN);
+      seen.resize(n, 0);
+      EXPECT_EQ(values.size(), static_cast<size_t>(count) * hidden);
+      std::copy(values.begin(), values.end(), rows.begin() + static_cast<size_t>(first) * hidden);
+      for (int t = first; t < first + count; ++t) ++seen[t];
+      return absl::OkStatus();
+    };
+    sequence.done = [&out](const absl::StatusOr<std::vector<float>>& result) {
+      ++out.done_calls;
+      out.final_hidden = result;
+    };
+    return sequence;
+  }
+
+  // Runs `prompts` as one batch; returns the forward steps it took.
+  int RunBatch(const std::vector<std::vector<int32_t>>& prompts, std::vector<Collected>& out,
+               int chunk_tokens, const std::vector<PrefillCapture>& captures = {}) {
+    out.assign(prompts.size(), Collected());
+    std::vector<PrefillSequence> sequences;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      sequences.push_back(
+          Collect(prompts[i], out[i], i < captures.size() ? captures[i] : PrefillCapture()));
+    }
+    PrefillBatchOptions options;
+    options.chunk_tokens = chunk_tokens;
+    PrefillBatchResult result = model_->PrefillBatch(sequences, options);
+    EXPECT_EQ(result.final_hidden.size(), prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(out[i].done_calls, 1) << "prompt " << i;
+      EXPECT_EQ(result.final_hidden[i].ok(), out[i].final_hidden.ok());
+    }
+    return result.forward_steps;
+  }
+
+  // Every (layer, token) came exactly once, and equals `alone` within 1e-5.
+  void ExpectSameKvAndHidden(const Collected& got, const Collected& alone) {
+    ASSERT_TRUE(got.final_hidden.ok()) << got.final_hidden.status();
+    ASSERT_TRUE(alone.final_hidden.ok()) << alone.final_hidden.status();
+    EXPECT_LT(MaxAbsDifference(*got.final_hidden, *alone.final_hidden), 1e-5f);
+    EXPECT_EQ(std::count(got.kv_seen.begin(), got.kv_seen.end(), 1),
+              static_cast<std::ptrdiff_t>(got.kv_seen.size()));
+    for (int layer = 0; layer < config_.num_layers; ++layer) {
+      SCOPED_TRACE(testing::Message() << "layer " << layer);
+      EXPECT_LT(MaxScaledDifference(got.k[layer], alone.k[layer]), 1e-5f);
+      EXPECT_LT(MaxScaledDifference(got.v[layer], alone.v[layer]), 1e-5f);
+    }
+  }
+
+  std::vector<std::vector<int32_t>> ThreePrompts() const {
+    const std::vector<int32_t>& random = golden_->at(1).prompt;
+    return {golden_->at(0).prompt, random,
+            std::vector<int32_t>(random.begin(), random.begin() + 17)};
+  }
+};
+
+// Three prompts of 5, 40 and 17 tokens in one forward step, and again in
+// 16-token steps (pieces of several prompts share a step and prompts span
+// steps): each gets the KV and final hidden state it gets alone.
+TEST_F(BatchedPrefillTest, EachPromptOfABatchGetsWhatItGetsAlone) {
+  const std::vector<std::vector<int32_t>> prompts = ThreePrompts();
+  std::vector<Collected> alone(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<Collected> one;
+    EXPECT_EQ(RunBatch({prompts[i]}, one, 0), 1);
+    alone[i] = std::move(one[0]);
+    ASSERT_TRUE(alone[i].final_hidden.ok());
+    EXPECT_EQ(alone[i].kv_calls, (std::vector<std::pair<int, int>>{{0, alone[i].num_tokens}}));
+  }
+  // Alone is the old single-prompt path: the reference's final hidden state.
+  EXPECT_LT(MaxAbsDifference(*alone[0].final_hidden, golden_->at(0).final_hidden_last), 1e-4f);
+  EXPECT_LT(MaxAbsDifference(*alone[1].final_hidden, golden_->at(1).final_hidden_last), 1e-4f);
+
+  for (int chunk_tokens : {0, 16}) {
+    SCOPED_TRACE(testing::Message() << "chunk_tokens " << chunk_tokens);
+    std::vector<Collected> batched;
+    const int steps = RunBatch(prompts, batched, chunk_tokens);
+    EXPECT_EQ(steps, chunk_tokens == 0 ? 1 : (5 + 40 + 17 + 15) / 16);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      SCOPED_TRACE(testing::Message() << "prompt " << i);
+      ExpectSameKvAndHidden(batched[i], alone[i]);
+    }
+  }
+}
+
+// One prompt in chunks of 1, 3 and 16 tokens equals it in one step; each
+// chunk's KV comes as its own range.
+TEST_F(BatchedPrefillTest, ChunkedPrefillEqualsUnchunked) {
+  const std::vector<int32_t>& prompt = golden_->at(1).prompt;  // 40 tokens
+  std::vector<Collected> whole;
+  ASSERT_EQ(RunBatch({prompt}, whole, 0), 1);
+  for (int chunk_tokens : {1, 3, 16}) {
+    SCOPED_TRACE(testing::Message() << "chunk_tokens " << chunk_tokens);
+    std::vector<Collected> chunked;
+    EXPECT_EQ(RunBatch({prompt}, chunked, chunk_tokens), (40 + chunk_tokens - 1) / chunk_tokens);
+    ExpectSameKvAndHidden(chunked[0], whole[0]);
+    std::vector<std::pair<int, int>> expected_calls;
+    for (int first = 0; first < 40; first += chunk_tokens) {
+      expected_calls.emplace_back(first, std::min(chunk_tokens, 40 - first));
+    }
+    EXPECT_EQ(chunked[0].kv_calls, expected_calls);
+    EXPECT_LT(MaxAbsDifference(*chunked[0].final_hidden, golden_->at(1).final_hidden_last), 1e-4f);
+  }
+}
+
+// Hidden states after every layer and the final norm of every position, as
+// the float64 reference computed them (tests/data/golden/
+// stories260K_hidden_states.json), alone, chunked and batched alike.
+TEST_F(BatchedPrefillTest, CapturedHiddenStatesMatchTheReference) {
+  std::ifstream file(TestDataDir() + "/golden/stories260K_hidden_states.json");
+  ASSERT_TRUE(file.good());
+  const nlohmann::json golden = nlohmann::json::parse(file);
+  const std::vector<int32_t> prompt = golden["prompt"].get<std::vector<int32_t>>();
+  ASSERT_EQ(prompt, golden_->at(0).prompt);
+  auto flatten = [](const nlohmann::json& rows) {
+    std::vector<float> out;
+    for (const nlohmann::json& row : rows) {
+      for (double value : row.get<std::vector<double>>()) out.push_back(static_cast<float>(value));
+    }
+    return out;
+  };
+  PrefillCapture capture;
+  capture.all_positions = true;
+  capture.hidden_state_layers = {4, -1, 0, 1, 2, 3};
+  for (int chunk_tokens : {0, 2}) {
+    for (bool with_other : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "chunk_tokens " << chunk_tokens << " batched "
+                                      << with_other);
+      std::vector<std::vector<int32_t>> prompts = {prompt};
+      if (with_other) prompts.insert(prompts.begin(), golden_->at(1).prompt);
+      std::vector<Collected> out;
+      std::vector<PrefillCapture> captures(prompts.size());
+      captures.back() = capture;
+      RunBatch(prompts, out, chunk_tokens, captures);
+      const Collected& got = out.back();
+      ASSERT_TRUE(got.final_hidden.ok()) << got.final_hidden.status();
+      ASSERT_EQ(got.hidden.size(), 7u);  // -1..4 and the final norm (5)
+      for (int layer = -1; layer < config_.num_layers; ++layer) {
+        SCOPED_TRACE(testing::Message() << "layer " << layer);
+        ASSERT_EQ(got.hidden.count(layer), 1u);
+        EXPECT_EQ(got.hidden_seen.at(layer), std::vector<int>(prompt.size(), 1));
+        EXPECT_LT(MaxAbsDifference(got.hidden.at(layer),
+                                   flatten(golden["layers"][std::to_string(layer)])),
+                  1e-4f);
+      }
+      const int final_layer = Transformer::FinalNormLayer(config_);
+      const std::vector<float>& final_norm = got.hidden.at(final_layer);
+      EXPECT_LT(MaxAbsDifference(final_norm, flatten(golden["final_norm"])), 1e-4f);
+      // The last row of the all-positions output is the final hidden state.
+      EXPECT_EQ(MaxAbsDifference(std::span<const float>(final_norm).last(config_.hidden_size),
+                                 *got.final_hidden),
+                0.0f);
+      if (with_other) EXPECT_TRUE(out[0].hidden.empty());  // nobody asked
+    }
+  }
+}
+
+// A prompt whose sink fails, one that is invalid and one with a bad
+// capture end alone; the others get what they get alone, and the failed
+// prompt takes no part in later steps.
+TEST_F(BatchedPrefillTest, OnePromptFailingLeavesTheOthersAlone) {
+  const std::vector<std::vector<int32_t>> prompts = ThreePrompts();
+  std::vector<Collected> alone(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<Collected> one;
+    RunBatch({prompts[i]}, one, 0);
+    alone[i] = std::move(one[0]);
+  }
+  std::vector<Collected> out(prompts.size() + 2);
+  std::vector<PrefillSequence> sequences;
+  for (size_t i = 0; i < prompts.size(); ++i) sequences.push_back(Collect(prompts[i], out[i]));
+  // The 40-token prompt fails at layer 2 of its first chunk.
+  int failing_calls = 0;
+  KvRangeSink collect = sequences[1].kv_sink;
+  sequences[1].kv_sink = [&](int layer, const DeviceBuffer& k, const DeviceBuffer& v, int first,
+                             int count) {
+    ++failing_calls;
+    if (layer == 2) return absl::CancelledError("client went away");
+    return collect(layer, k, v, first, count);
+  };
+  const std::vector<int32_t> bad_ids = {1, 2, 512};
+  sequences.push_back(Collect(bad_ids, out[3]));
+  PrefillCapture bad_capture;
+  bad_capture.hidden_state_layers = {0, 5};
+  sequences.push_back(Collect(prompts[0], out[4], bad_capture));
+
+  PrefillBatchOptions options;
+  options.chunk_tokens = 16;
+  PrefillBatchResult result = model_->PrefillBatch(sequences, options);
+  EXPECT_EQ(result.final_hidden[1].status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(failing_calls, 3);  // layers 0, 1, 2 of its first chunk, then nothing
+  EXPECT_EQ(result.final_hidden[3].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.final_hidden[3].status().message()),
+              testing::HasSubstr("prompts[3][2]"));
+  EXPECT_EQ(result.final_hidden[4].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.final_hidden[4].status().message()),
+              testing::HasSubstr("hidden_state_layers[1]: layer 5"));
+  for (size_t i : {0u, 2u}) {
+    SCOPED_TRACE(testing::Message() << "prompt " << i);
+    EXPECT_EQ(out[i].done_calls, 1);
+    ExpectSameKvAndHidden(out[i], alone[i]);
+  }
+  // Step 1: 5 tokens of prompt 0 and 11 of prompt 1 (which fails there);
+  // then prompt 2's 17 tokens in 2 steps: 3 steps, not the 4 of 62 tokens.
+  EXPECT_EQ(result.forward_steps, 3);
 }
 
 }  // namespace
