@@ -1,0 +1,155 @@
+// Decode step time against the memory-bandwidth limit, in process (no gRPC):
+// the figure docs/benchmarks.md reports as "step time / weight-read time".
+//
+// A decode step must read every weight once, so at small batch its floor is
+// weight_bytes / memory bandwidth. This program measures, in one run:
+//   * the machine's copy bandwidth (memcpy of a buffer larger than the
+//     caches; bytes read per second, the read side of the copy);
+//   * Transformer::DecodeStep at each batch size with every sequence at
+//     `context` cached tokens (KV written through the real cache);
+// and prints step ms, tokens/s (batch / step) and step / weight-read time.
+//
+// Usage: pdserve-decode-step-bench --model_dir DIR [--batches 1,8,32,128]
+//          [--context 128] [--steps 10] [--device cpu]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend_factory.h"
+#include "shared/kv_cache.h"
+#include "shared/model_config.h"
+#include "shared/model_weights.h"
+#include "shared/transformer.h"
+
+namespace pdserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Bytes per second of reading a 1 GiB buffer while writing another (best of 5).
+double CopyReadBandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  std::vector<char> src(bytes, 1), dst(bytes, 2);
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    const auto start = Clock::now();
+    std::memcpy(dst.data(), src.data(), bytes);
+    best = std::min(best, Seconds(Clock::now() - start));
+  }
+  if (dst[bytes - 1] != 1) std::abort();
+  return bytes / best;
+}
+
+// Bytes of every weight the step reads, as the backend stores them (float32
+// on the CPU backend; lm_head counted once even when tied).
+double WeightBytes(const ModelConfig& c, DType stored) {
+  const double per_layer =
+      2.0 * c.hidden_size +                                                   // two norms
+      double(c.num_heads + 2 * c.num_kv_heads) * c.head_dim * c.hidden_size +  // qkv
+      double(c.num_heads) * c.head_dim * c.hidden_size +                      // o
+      3.0 * c.intermediate_size * c.hidden_size;                              // gate, up, down
+  // The embedding gather reads one row per token: negligible.
+  const double total = c.num_layers * per_layer + c.hidden_size + double(c.vocab_size) * c.hidden_size;
+  return total * DTypeSize(stored);
+}
+
+std::vector<int> ParseList(const std::string& text) {
+  std::vector<int> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    out.push_back(std::atoi(text.substr(start, end - start).c_str()));
+    start = end + 1;
+  }
+  return out;
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "pdserve-decode-step-bench: %s\n", message.c_str());
+  return 1;
+}
+
+int Main(int argc, char** argv) {
+  std::string model_dir, device = "cpu", batches_text = "1,8,32,128";
+  int context = 128, steps = 10;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--model_dir") model_dir = value;
+    else if (flag == "--batches") batches_text = value;
+    else if (flag == "--context") context = std::atoi(value.c_str());
+    else if (flag == "--steps") steps = std::atoi(value.c_str());
+    else if (flag == "--device") device = value;
+    else return Fail("unknown flag " + flag);
+  }
+  if (model_dir.empty()) return Fail("--model_dir is required");
+  const std::vector<int> batches = ParseList(batches_text);
+
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
+  if (!config.ok()) return Fail(config.status().ToString());
+  absl::StatusOr<ModelWeights> weights = LoadModelWeights(model_dir, *config);
+  if (!weights.ok()) return Fail(weights.status().ToString());
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(device);
+  if (!backend.ok()) return Fail(backend.status().ToString());
+  absl::StatusOr<std::unique_ptr<Transformer>> model =
+      Transformer::Create(*config, *weights, backend->get());
+  if (!model.ok()) return Fail(model.status().ToString());
+
+  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  const int block_size = 16;
+  const int blocks_per_seq = (context + steps + 2 + block_size - 1) / block_size;
+  KvCacheOptions cache_options{max_batch * blocks_per_seq, block_size, config->num_layers,
+                               config->num_kv_heads, config->head_dim};
+  absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(backend->get(), cache_options);
+  if (!cache.ok()) return Fail(cache.status().ToString());
+  // Every sequence holds `context` cached tokens. Their values do not change
+  // the step's cost, so the cache's contents are left as allocated (the
+  // tokens' K and V are written by the timed steps themselves).
+  std::vector<std::unique_ptr<KvCache::Sequence>> sequences;
+  for (int i = 0; i < max_batch; ++i) {
+    auto sequence = (*cache)->Allocate(context + steps + 1);
+    if (!sequence.ok()) return Fail(sequence.status().ToString());
+    sequences.push_back(*std::move(sequence));
+  }
+
+  const double bandwidth = CopyReadBandwidth();
+  const double weight_bytes = WeightBytes(*config, DType::kF32);
+  const double weight_read_ms = weight_bytes / bandwidth * 1e3;
+  std::printf("model %s: %d layers, hidden %d, weights %.1f MB as float32 on %s\n",
+              config->architecture.c_str(), config->num_layers, config->hidden_size,
+              weight_bytes / 1e6, device.c_str());
+  std::printf("memcpy read bandwidth %.1f GB/s -> weight-read time %.2f ms; context %d\n",
+              bandwidth / 1e9, weight_read_ms, context);
+  std::printf("%6s %12s %12s %14s %10s\n", "batch", "step ms", "tokens/s", "step/read time",
+              "(steps)");
+  for (int batch : batches) {
+    std::vector<double> times;
+    for (int step = 0; step < steps + 1; ++step) {  // the first step is a warm-up
+      DecodeBatch decode;
+      for (int i = 0; i < batch; ++i) {
+        decode.Add(/*token=*/(7 * i + step) % config->vocab_size, context + step, *sequences[i]);
+      }
+      const auto start = Clock::now();
+      absl::StatusOr<std::vector<float>> logits = (*model)->DecodeStep(decode, **cache);
+      if (!logits.ok()) return Fail(logits.status().ToString());
+      if (step > 0) times.push_back(Seconds(Clock::now() - start) * 1e3);
+    }
+    std::sort(times.begin(), times.end());
+    const double median = times[times.size() / 2];
+    std::printf("%6d %12.2f %12.1f %14.2f %10d\n", batch, median, batch / median * 1e3,
+                median / weight_read_ms, steps);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace pdserve
+
+int main(int argc, char** argv) { return pdserve::Main(argc, argv); }
