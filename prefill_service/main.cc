@@ -28,7 +28,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "prefill_service/prefill_engine.h"
+#include "prefill_service/prefill_metrics.h"
 #include "prefill_service/prefill_server.h"
+#include "shared/metrics.h"
 #include "shared/port_file.h"
 #include "shared/status_macros.h"
 #include "shared/stop_signals.h"
@@ -46,6 +48,9 @@ ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
           "gRPC max send and receive message size, bytes");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take before they are cancelled");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "IP:PORT for Prometheus metrics over HTTP (GET /metrics); empty: off; port 0: any "
+          "free port (printed on stdout)");
 
 namespace pdserve {
 namespace {
@@ -83,7 +88,21 @@ absl::Status Serve(const StopSignals& stop_signals) {
             << engine->device() << " in " << absl::ToDoubleMilliseconds(absl::Now() - load_start)
             << " ms";
 
+  MetricsRegistry metrics_registry;
+  PrefillMetrics metrics(&metrics_registry);
+  options.metrics = &metrics;
   PrefillServer service(engine.get(), options);
+  // Declared after the engine and the service it samples, so it stops first.
+  metrics.SampleAtCollection([e = engine.get()] { return e->queued_jobs(); },
+                             [s = &service] { return s->active_streams(); });
+  std::unique_ptr<MetricsHttpServer> metrics_server;
+  if (const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+      !metrics_listen.empty()) {
+    PDSERVE_ASSIGN_OR_RETURN(metrics_server,
+                             MetricsHttpServer::Start(metrics_listen, &metrics_registry));
+    std::printf("pdserve-prefill metrics on %s:%d\n", ListenHost(metrics_listen).c_str(),
+                metrics_server->port());
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

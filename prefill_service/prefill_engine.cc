@@ -39,6 +39,11 @@ void PrefillEngine::Submit(Job job) {
   jobs_.push_back(std::move(job));
 }
 
+int PrefillEngine::queued_jobs() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(jobs_.size());
+}
+
 void PrefillEngine::WorkerLoop() {
   while (true) {
     Job job;

@@ -47,6 +47,8 @@ class PrefillEngine {
   // before it. A job must not block on anything but its own stream's
   // back-pressure (which gives way on cancellation).
   void Submit(Job job);
+  // Jobs queued and not yet started (metrics). Thread-safe.
+  int queued_jobs();
 
   // OK, or INVALID_ARGUMENT naming the field `token_ids` and the limit: an
   // empty prompt, one longer than max_position_embeddings, or an id outside

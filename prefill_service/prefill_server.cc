@@ -67,8 +67,12 @@ void FillModelInfo(const PrefillEngine& engine, v1::ModelInfo* info) {
 class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
  public:
   PrefillReactor(PrefillServer* server, const v1::PrefillRequest& request)
-      : server_(server), request_id_(request.request_id()), arrival_(absl::Now()) {
+      : server_(server),
+        metrics_(server->options_.metrics),
+        request_id_(request.request_id()),
+        arrival_(absl::Now()) {
     server_->active_streams_.fetch_add(1);
+    if (metrics_ != nullptr) metrics_->OnRequest();
     const PrefillEngine& engine = *server_->engine_;
     const ModelConfig& config = engine.config();
     const std::span<const int32_t> ids(request.token_ids().data(), request.token_ids().size());
@@ -84,6 +88,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
       return;
     }
     tokens_.assign(ids.begin(), ids.end());
+    if (metrics_ != nullptr) metrics_->OnAccepted(static_cast<int>(tokens_.size()));
 
     auto header = std::make_unique<v1::PrefillResponse>();
     v1::PrefillHeader* h = header->mutable_header();
@@ -105,6 +110,9 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
+      if (ok && metrics_ != nullptr && in_flight_ != nullptr && in_flight_->has_kv()) {
+        metrics_->OnKvBytesSent(in_flight_bytes_);
+      }
       queued_bytes_ -= in_flight_bytes_;
       in_flight_.reset();
       in_flight_bytes_ = 0;
@@ -135,9 +143,11 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   // Worker thread: the forward pass, streaming each layer from the sink.
   void Run(Transformer& transformer, ChunkPlan plan) {
     if (cancelled()) {
+      if (metrics_ != nullptr) metrics_->OnCancelled(PrefillMetrics::CancelStage::kQueued);
       ProducerDone(absl::CancelledError("prefill: cancelled before the forward pass started"));
       return;
     }
+    if (metrics_ != nullptr) metrics_->OnForwardStarted();
     const absl::Time start = absl::Now();
     Backend& backend = transformer.backend();
     const DType kv_dtype = backend.kv_dtype();
@@ -170,15 +180,22 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     absl::StatusOr<std::vector<float>> hidden = transformer.Prefill(tokens_, sink);
     const double prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
     if (!hidden.ok()) {
+      if (metrics_ != nullptr && cancelled()) {
+        metrics_->OnCancelled(PrefillMetrics::CancelStage::kForward);
+      }
       ProducerDone(hidden.status());
       return;
     }
+    if (metrics_ != nullptr) metrics_->OnForwardCompleted(absl::Now() - start);
     auto message = std::make_unique<v1::PrefillResponse>();
     v1::FinalHidden* final_hidden = message->mutable_final_hidden();
     final_hidden->mutable_values()->Add(hidden->begin(), hidden->end());
     final_hidden->set_prefill_ms(prefill_ms);
     const int64_t bytes = static_cast<int64_t>(hidden->size() * sizeof(float));
     absl::Status sent = Send(std::move(message), bytes);
+    if (!sent.ok() && metrics_ != nullptr) {
+      metrics_->OnCancelled(PrefillMetrics::CancelStage::kForward);
+    }
     if (sent.ok()) {
       LOG(INFO) << "prefill " << request_id_ << ": " << tokens_.size() << " tokens, forward "
                 << prefill_ms << " ms, queued "
@@ -258,11 +275,13 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     if (to_write != nullptr) {
       StartWrite(to_write);
     } else if (finish) {
+      if (metrics_ != nullptr) metrics_->OnEnded(static_cast<absl::StatusCode>(status.error_code()));
       Finish(status);  // may delete this (OnDone): nothing may follow
     }
   }
 
   PrefillServer* const server_;
+  PrefillMetrics* const metrics_;  // may be null
   const std::string request_id_;
   const absl::Time arrival_;
   std::vector<int32_t> tokens_;

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "pdserve/v1/prefill.grpc.pb.h"
 #include "prefill_service/prefill_engine.h"
+#include "prefill_service/prefill_metrics.h"
 
 namespace pdserve {
 
@@ -21,6 +22,9 @@ struct PrefillServerOptions {
   // Bytes of one stream's responses queued behind a slow reader before the
   // forward pass waits for it (back-pressure instead of unbounded memory).
   int64_t max_queued_bytes = int64_t{256} << 20;
+  // Counts requests, forward passes, KV bytes, cancellations and errors when
+  // set; must outlive the server.
+  PrefillMetrics* metrics = nullptr;
 };
 
 // How a prompt's K and V of one layer are cut into KvChunk token ranges.
