@@ -48,8 +48,9 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
                               public GenerationObserver {
  public:
-  GenerateReactor(Engine* engine, const Tokenizer* tokenizer)
-      : engine_(engine), tokenizer_(tokenizer) {}
+  GenerateReactor(Engine* engine, const Tokenizer* tokenizer, DecodeMetrics* metrics,
+                  absl::Time arrival)
+      : engine_(engine), tokenizer_(tokenizer), metrics_(metrics, arrival) {}
 
   // Runs in DecodeServer::Generate, before gRPC has bound the reactor; the
   // reactor's Start* calls made meanwhile are replayed when it binds.
@@ -59,6 +60,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       return;
     }
     request_id_ = request->request_id.empty() ? "(no request_id)" : request->request_id;
+    metrics_.Accepted(static_cast<int>(request->prompt.size()));
     detokenizer_.emplace(tokenizer_, request->prompt);
     absl::StatusOr<Engine::RequestId> id = engine_->Submit(std::move(request).value(), this);
     if (!id.ok()) {
@@ -71,6 +73,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   // ---- GenerationObserver (engine thread or the thread ending the request).
   void OnToken(const TokenEvent& event) override {
+    metrics_.Token(event);
     v1::GenerateResponse response;
     response.set_token_id(event.token_id);
     response.set_index(event.index);
@@ -154,6 +157,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     if (final_status_.has_value()) {
       finish_called_ = true;
+      metrics_.Ended(static_cast<absl::StatusCode>(final_status_->error_code()));
       Finish(*final_status_);
     }
   }
@@ -163,6 +167,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   std::string request_id_;
   // Used only by OnToken, whose calls never overlap.
   std::optional<IncrementalDetokenizer> detokenizer_;
+  // Begin, then OnToken, then the one Finish (under mu_): never overlapping.
+  GenerateCallMetrics metrics_;
 
   std::mutex mu_;
   std::optional<Engine::RequestId> id_;           // guarded by mu_; set once submitted
@@ -192,13 +198,18 @@ v1::ModelInfo MakeModelInfo(ServingModel& model) {
 
 }  // namespace
 
-DecodeServer::DecodeServer(ServingModel* model, Engine* engine, const RequestLimits& limits)
-    : model_(model), engine_(engine), limits_(limits), model_info_(MakeModelInfo(*model)) {}
+DecodeServer::DecodeServer(ServingModel* model, Engine* engine, const RequestLimits& limits,
+                           DecodeMetrics* metrics)
+    : model_(model),
+      engine_(engine),
+      limits_(limits),
+      metrics_(metrics),
+      model_info_(MakeModelInfo(*model)) {}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServer::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const absl::Time arrival = absl::Now();
-  auto* reactor = new GenerateReactor(engine_, &model_->tokenizer());
+  auto* reactor = new GenerateReactor(engine_, &model_->tokenizer(), metrics_, arrival);
   absl::StatusOr<GenerationRequest> validated = ValidateGenerateRequest(
       *request, model_->tokenizer(), model_->config(), limits_, RandomSeed());
   if (validated.ok()) {

@@ -10,6 +10,7 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
+#include "decode_service/decode_metrics.h"
 #include "decode_service/engine.h"
 #include "decode_service/request_validation.h"
 #include "decode_service/serving_model.h"
@@ -19,8 +20,10 @@ namespace pdserve {
 
 class DecodeServer final : public v1::GenerateService::CallbackService {
  public:
-  // `model` and `engine` must outlive the server (and every call on it).
-  DecodeServer(ServingModel* model, Engine* engine, const RequestLimits& limits);
+  // `model` and `engine` (and `metrics`, when not null) must outlive the
+  // server (and every call on it). `metrics` counts every Generate call.
+  DecodeServer(ServingModel* model, Engine* engine, const RequestLimits& limits,
+               DecodeMetrics* metrics = nullptr);
 
   // Validates (INVALID_ARGUMENT, see ValidateGenerateRequest), submits to the
   // engine (RESOURCE_EXHAUSTED when over capacity) and streams one
@@ -45,6 +48,7 @@ class DecodeServer final : public v1::GenerateService::CallbackService {
   const ServingModel* const model_;
   Engine* const engine_;
   const RequestLimits limits_;
+  DecodeMetrics* const metrics_;
   v1::ModelInfo model_info_;
 };
 

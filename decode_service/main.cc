@@ -15,6 +15,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "decode_service/decode_metrics.h"
 #include "decode_service/decode_server.h"
 #include "decode_service/engine.h"
 #include "decode_service/kv_cache_sizing.h"
@@ -22,6 +23,7 @@
 #include "decode_service/prefill_target.h"
 #include "decode_service/serving_model.h"
 #include "shared/kv_cache.h"
+#include "shared/metrics.h"
 #include "shared/port_file.h"
 #include "shared/stop_signals.h"
 
@@ -49,6 +51,12 @@ ABSL_FLAG(int64_t, prefill_max_chunk_bytes, 0,
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message sent or received, bytes");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "how long in-flight streams may finish at shutdown");
+ABSL_FLAG(int, prefill_max_attempts, 3,
+          "prefill streams one request may take: one that fails with UNAVAILABLE (instance "
+          "gone) is retried on the next ready prefill instance");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "IP:PORT for Prometheus metrics over HTTP (GET /metrics); empty: off; port 0: any "
+          "free port (printed on stdout)");
 
 namespace pdserve {
 namespace {
@@ -71,6 +79,7 @@ absl::Status ValidateFlags() {
                              {"default_max_new_tokens", absl::GetFlag(FLAGS_default_max_new_tokens)},
                              {"prefill_timeout_ms", absl::GetFlag(FLAGS_prefill_timeout_ms)},
                              {"prefill_connect_timeout_ms", absl::GetFlag(FLAGS_prefill_connect_timeout_ms)},
+                             {"prefill_max_attempts", absl::GetFlag(FLAGS_prefill_max_attempts)},
                              {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes)},
                              {"kv_cache_bytes", absl::GetFlag(FLAGS_kv_cache_bytes)}}) {
     absl::Status status = CheckPositive(name, value);
@@ -157,10 +166,15 @@ int Run(const StopSignals& stop_signals) {
     return 1;
   }
 
+  MetricsRegistry metrics_registry;
+  DecodeMetrics metrics(&metrics_registry);
+
   PrefillClientOptions prefill_options;
   prefill_options.channel_target = *channel_target;
   prefill_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   prefill_options.max_chunk_bytes = absl::GetFlag(FLAGS_prefill_max_chunk_bytes);
+  prefill_options.max_attempts = absl::GetFlag(FLAGS_prefill_max_attempts);
+  prefill_options.metrics = &metrics;
   PrefillClient prefill(prefill_options,
                         PrefillExpectation::For(config, (*model)->fingerprint()));
 
@@ -175,7 +189,23 @@ int Run(const StopSignals& stop_signals) {
   RequestLimits limits;
   limits.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens_cap);
   limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
-  DecodeServer service(model->get(), &engine, limits);
+  DecodeServer service(model->get(), &engine, limits, &metrics);
+
+  // After the engine and the cache it samples, so it stops before they go.
+  metrics.SampleAtCollection(&engine, cache->get());
+  std::unique_ptr<MetricsHttpServer> metrics_server;
+  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        MetricsHttpServer::Start(listen, &metrics_registry);
+    if (!started.ok()) {
+      LOG(ERROR) << started.status().message();
+      return 1;
+    }
+    metrics_server = std::move(started).value();
+    // On stdout before the listening line, so it is there once we serve.
+    std::printf("pdserve-decode metrics on %s:%d\n", ListenHost(listen).c_str(),
+                metrics_server->port());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

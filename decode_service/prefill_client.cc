@@ -1,8 +1,13 @@
 #include "decode_service/prefill_client.h"
 
 #include <atomic>
+#include <memory>
+#include <mutex>
 #include <utility>
+#include <vector>
 
+#include <glog/logging.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
@@ -10,6 +15,7 @@
 #include <grpcpp/support/client_callback.h>
 
 #include "absl/strings/str_cat.h"
+#include "decode_service/decode_metrics.h"
 #include "decode_service/prefill_target.h"
 #include "proto/convert/convert.h"
 #include "shared/status_macros.h"
@@ -36,14 +42,15 @@ absl::Status CheckLayoutField(const char* field, int theirs, int ours) {
       absl::StrCat("prefill header ", field, ": prefill's ", theirs, ", ours ", ours));
 }
 
-// One Prefill stream. Owns itself from Begin until OnDone (gRPC needs the
-// reactor alive that long); the engine's handle may outlive it as a
-// PrefillCall whose Cancel is then a no-op.
+// One Prefill stream: one attempt of a job (FailoverCall below makes the
+// attempts). Owns itself from Begin until OnDone (gRPC needs the reactor alive
+// that long); `job` must outlive OnDone.
 class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
                             public PrefillCall {
  public:
-  PrefillStream(const PrefillExpectation* expectation, PrefillJob job, PrefillDone done)
-      : expectation_(expectation), job_(std::move(job)), done_(std::move(done)) {}
+  PrefillStream(const PrefillExpectation* expectation, const PrefillJob* job,
+                DecodeMetrics* metrics, PrefillDone done)
+      : expectation_(expectation), job_(*job), metrics_(metrics), done_(std::move(done)) {}
 
   void Begin(v1::PrefillService::Stub* stub, std::shared_ptr<PrefillStream> self,
              int64_t max_chunk_bytes) {
@@ -170,6 +177,7 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     }
     for (int t = first; t < first + count; ++t) received_[base + t] = true;
     num_received_ += count;
+    if (metrics_ != nullptr) metrics_->OnKvBytesReceived(2 * static_cast<int64_t>(expected_bytes));
     kv_complete_ = absl::Now();
     return absl::OkStatus();
   }
@@ -224,7 +232,8 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   }
 
   const PrefillExpectation* const expectation_;
-  PrefillJob job_;
+  const PrefillJob& job_;
+  DecodeMetrics* const metrics_;
   PrefillDone done_;
   std::shared_ptr<PrefillStream> self_;
   std::atomic<bool> cancelled_{false};
@@ -244,6 +253,139 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   int64_t num_received_ = 0;
   absl::Time kv_complete_ = absl::Now();
   PrefillResult result_;
+};
+
+// One job over up to `max_attempts` streams. A stream that fails with
+// UNAVAILABLE (no instance reachable, or the instance died mid-stream) is
+// retried after a short pause, while the job is not cancelled and its
+// deadline has not passed: the channel's round_robin picker hands the new
+// stream to the next READY instance, and the pause lets the channel notice a
+// dead one first. The new stream rewrites every (layer, token) of the same
+// lease, so partial KV of a failed attempt is simply overwritten and no block
+// changes hands. Any other outcome, or the last attempt's, goes to `done`.
+//
+// Lifetime: the object keeps itself alive (self_) from Begin until `done`
+// has run; the engine's handle may outlive it.
+class FailoverCall final : public PrefillCall {
+ public:
+  FailoverCall(v1::PrefillService::Stub* stub, const PrefillClientOptions* options,
+               const PrefillExpectation* expectation, PrefillJob job, PrefillDone done)
+      : stub_(stub),
+        options_(options),
+        expectation_(expectation),
+        job_(std::move(job)),
+        done_(std::move(done)) {}
+
+  void Begin(std::shared_ptr<FailoverCall> self) {
+    self_ = std::move(self);
+    StartAttempt();
+  }
+
+  void Cancel() override {
+    std::shared_ptr<PrefillStream> stream;
+    grpc::Alarm* backoff = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cancelled_) return;
+      cancelled_ = true;
+      stream = stream_;
+      if (backoff_pending_ && !alarms_.empty()) backoff = alarms_.back().get();
+    }
+    if (stream != nullptr) stream->Cancel();
+    if (backoff != nullptr) backoff->Cancel();  // its callback then ends the job
+  }
+
+ private:
+  void StartAttempt() {
+    ++attempts_;
+    auto stream = std::make_shared<PrefillStream>(
+        expectation_, &job_, options_->metrics,
+        [this](absl::StatusOr<PrefillResult> result) { OnAttemptDone(std::move(result)); });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stream_ = stream;
+    }
+    stream->Begin(stub_, stream, options_->max_chunk_bytes);
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancel = cancelled_;
+    }
+    if (cancel) stream->Cancel();  // Cancel ran before stream_ was set
+  }
+
+  // Runs on a gRPC thread (or inline from StartAttempt), never concurrently
+  // with another attempt: the next attempt starts only from here.
+  void OnAttemptDone(absl::StatusOr<PrefillResult> result) {
+    bool retry = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stream_.reset();
+      retry = !cancelled_ && absl::IsUnavailable(result.status()) &&
+              attempts_ < options_->max_attempts &&
+              absl::Now() + options_->retry_backoff < job_.deadline;
+      if (retry) backoff_pending_ = true;
+    }
+    if (!retry) {
+      Finish(std::move(result));
+      return;
+    }
+    LOG(WARNING) << "prefill " << job_.request_id << ": attempt " << attempts_ << " of "
+                 << options_->max_attempts << " failed, retrying: " << result.status().message();
+    if (options_->metrics != nullptr) options_->metrics->OnPrefillRetry();
+    grpc::Alarm* alarm = nullptr;
+    {
+      // A new alarm each time (one is not re-armed); they live as long as
+      // this object, so Cancel may use one without racing its destruction.
+      std::lock_guard<std::mutex> lock(mu_);
+      alarms_.push_back(std::make_unique<grpc::Alarm>());
+      alarm = alarms_.back().get();
+    }
+    alarm->Set(absl::ToChronoTime(absl::Now() + options_->retry_backoff), [this](bool fired) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        backoff_pending_ = false;
+        fired = fired && !cancelled_;
+      }
+      if (fired) {
+        StartAttempt();
+      } else {
+        Finish(absl::CancelledError("prefill cancelled: the request ended"));
+      }
+    });
+    // A Cancel between the decision and Set found no alarm to cancel.
+    bool cancelled = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled = cancelled_;
+    }
+    if (cancelled) alarm->Cancel();
+  }
+
+  void Finish(absl::StatusOr<PrefillResult> result) {
+    if (absl::IsUnavailable(result.status()) && attempts_ > 1) {
+      result = absl::UnavailableError(absl::StrCat(
+          "prefill failed on all ", attempts_, " attempts (--prefill_max_attempts ",
+          options_->max_attempts, "); last: ", result.status().message()));
+    }
+    std::shared_ptr<FailoverCall> keep_alive = std::move(self_);
+    PrefillDone done = std::move(done_);
+    done(std::move(result));
+  }
+
+  v1::PrefillService::Stub* const stub_;
+  const PrefillClientOptions* const options_;
+  const PrefillExpectation* const expectation_;
+  const PrefillJob job_;
+  PrefillDone done_;
+  std::shared_ptr<FailoverCall> self_;
+  int attempts_ = 0;  // touched by StartAttempt/OnAttemptDone, which never overlap
+
+  std::mutex mu_;
+  bool cancelled_ = false;                              // guarded by mu_
+  bool backoff_pending_ = false;                        // guarded by mu_
+  std::shared_ptr<PrefillStream> stream_;              // guarded by mu_; the attempt in flight
+  std::vector<std::unique_ptr<grpc::Alarm>> alarms_;  // guarded by mu_; one per retry
 };
 
 }  // namespace
@@ -267,9 +409,10 @@ PrefillClient::PrefillClient(const PrefillClientOptions& options,
       stub_(v1::PrefillService::NewStub(channel_)) {}
 
 std::shared_ptr<PrefillCall> PrefillClient::Start(PrefillJob job, PrefillDone done) {
-  auto stream = std::make_shared<PrefillStream>(&expectation_, std::move(job), std::move(done));
-  stream->Begin(stub_.get(), stream, options_.max_chunk_bytes);
-  return stream;
+  auto call = std::make_shared<FailoverCall>(stub_.get(), &options_, &expectation_,
+                                             std::move(job), std::move(done));
+  call->Begin(call);
+  return call;
 }
 
 absl::Status CheckPrefillTargets(const std::vector<std::string>& addresses,

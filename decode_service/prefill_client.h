@@ -20,6 +20,8 @@
 
 namespace pdserve {
 
+class DecodeMetrics;
+
 struct PrefillClientOptions {
   // A channel target from PrefillChannelTarget (prefill_target.h).
   std::string channel_target;
@@ -27,6 +29,14 @@ struct PrefillClientOptions {
   int max_message_bytes = 64 << 20;
   // Sent as PrefillRequest.max_chunk_bytes; 0: the prefill's default.
   int64_t max_chunk_bytes = 0;
+  // Streams one job may take (>= 1): a stream that fails with UNAVAILABLE is
+  // retried on the next ready instance until this many have been tried.
+  int max_attempts = 3;
+  // Pause before a retry, so the channel can see the instance is gone.
+  absl::Duration retry_backoff = absl::Milliseconds(20);
+  // KV bytes received and retries are counted here when set; must outlive
+  // the client.
+  DecodeMetrics* metrics = nullptr;
 };
 
 // What a prefill stream must agree with: our fingerprint and the KV layout
@@ -53,8 +63,12 @@ struct PrefillExpectation {
 //   * one FinalHidden of hidden_size values follows (INTERNAL otherwise).
 // Chunks are converted from kv_dtype to the cache's dtype as they are written
 // (the receiver converts). A stream that breaks (the instance died, or was
-// unreachable) ends with UNAVAILABLE; the deadline with DEADLINE_EXCEEDED.
-// The engine frees the request's blocks on every error.
+// unreachable) is UNAVAILABLE: the job is then retried on the next ready
+// instance (round_robin), up to options.max_attempts streams in all, while it
+// is neither cancelled nor past its deadline; each retry rewrites the whole
+// lease, so a failed attempt's partial KV is overwritten, never freed or
+// leaked. After the last attempt: UNAVAILABLE. The deadline gives
+// DEADLINE_EXCEEDED. The engine frees the request's blocks on every error.
 class PrefillClient final : public PrefillRunner {
  public:
   PrefillClient(const PrefillClientOptions& options, const PrefillExpectation& expectation);
