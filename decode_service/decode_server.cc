@@ -61,7 +61,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     request_id_ = request->request_id.empty() ? "(no request_id)" : request->request_id;
     metrics_.Accepted(static_cast<int>(request->prompt.size()));
-    detokenizer_.emplace(tokenizer_, request->prompt);
     absl::StatusOr<Engine::RequestId> id = engine_->Submit(std::move(request).value(), this);
     if (!id.ok()) {
       FinishWithoutEngine(id.status());
@@ -77,27 +76,37 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     v1::GenerateResponse response;
     response.set_token_id(event.token_id);
     response.set_index(event.index);
-    std::string text = event.is_eos ? std::string() : detokenizer_->Push(event.token_id);
+    response.set_sample_index(event.sample_index);
+    response.set_text(event.text);  // the engine's: whole characters, stop strings cut
+    if (event.logprob.has_value()) response.set_logprob(*event.logprob);
+    for (const TokenLogprob& top : event.top_logprobs) {
+      v1::TokenLogprob* entry = response.add_top_logprobs();
+      entry->set_token_id(top.id);
+      entry->set_logprob(top.logprob);
+      entry->set_piece(tokenizer_->IdToPiece(top.id));
+    }
     if (event.finish.has_value()) {
-      text += detokenizer_->Flush();
       const GenerationSummary& summary = *event.finish;
       response.set_finish_reason(ToProto(summary.reason));
       response.mutable_usage()->set_prompt_tokens(summary.prompt_tokens);
       response.mutable_usage()->set_generated_tokens(summary.generated_tokens);
+      response.mutable_usage()->set_total_generated_tokens(summary.total_generated_tokens);
       v1::Timings* timings = response.mutable_timings();
       timings->set_queue_ms(summary.timings.queue_ms);
       timings->set_prefill_ms(summary.timings.prefill_ms);
+      timings->set_prefill_compute_ms(summary.timings.prefill_compute_ms);
+      timings->set_transfer_ms(summary.timings.transfer_ms);
       timings->set_ttft_ms(summary.timings.ttft_ms);
       timings->set_decode_ms(summary.timings.decode_ms);
       timings->set_total_ms(summary.timings.total_ms);
-      VLOG(1) << "Generate " << request_id_ << ": " << summary.generated_tokens
-              << " tokens, finish " << v1::FinishReason_Name(response.finish_reason())
-              << ", total " << summary.timings.total_ms << " ms";
+      VLOG(1) << "Generate " << request_id_ << " sample " << event.sample_index << ": "
+              << summary.generated_tokens << " tokens, finish "
+              << v1::FinishReason_Name(response.finish_reason()) << ", total "
+              << summary.timings.total_ms << " ms";
     }
-    response.set_text(std::move(text));
     std::lock_guard<std::mutex> lock(mu_);
     if (!write_failed_) pending_.push_back(std::move(response));
-    if (event.finish.has_value()) final_status_ = grpc::Status::OK;
+    if (event.ends_request) final_status_ = grpc::Status::OK;
     PumpLocked();
   }
 
@@ -165,8 +174,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   Engine* const engine_;
   const Tokenizer* const tokenizer_;
   std::string request_id_;
-  // Used only by OnToken, whose calls never overlap.
-  std::optional<IncrementalDetokenizer> detokenizer_;
   // Begin, then OnToken, then the one Finish (under mu_): never overlapping.
   GenerateCallMetrics metrics_;
 
@@ -204,14 +211,21 @@ DecodeServer::DecodeServer(ServingModel* model, Engine* engine, const RequestLim
       engine_(engine),
       limits_(limits),
       metrics_(metrics),
-      model_info_(MakeModelInfo(*model)) {}
+      model_info_(MakeModelInfo(*model)),
+      chat_format_(DetectChatFormat(model->model_dir())) {
+  if (chat_format_.ok()) {
+    LOG(INFO) << "chat format: " << ChatFormatName(*chat_format_);
+  } else {
+    LOG(INFO) << "no chat format (requests with messages fail): " << chat_format_.status();
+  }
+}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServer::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const absl::Time arrival = absl::Now();
   auto* reactor = new GenerateReactor(engine_, &model_->tokenizer(), metrics_, arrival);
   absl::StatusOr<GenerationRequest> validated = ValidateGenerateRequest(
-      *request, model_->tokenizer(), model_->config(), limits_, RandomSeed());
+      *request, model_->tokenizer(), model_->config(), chat_format_, limits_, RandomSeed());
   if (validated.ok()) {
     validated->arrival = arrival;
     validated->deadline = DeadlineOf(*context);

@@ -15,6 +15,7 @@
 #include "decode_service/request_validation.h"
 #include "decode_service/serving_model.h"
 #include "pdserve/v1/generate.grpc.pb.h"
+#include "shared/chat_template.h"
 
 namespace pdserve {
 
@@ -27,9 +28,11 @@ class DecodeServer final : public v1::GenerateService::CallbackService {
 
   // Validates (INVALID_ARGUMENT, see ValidateGenerateRequest), submits to the
   // engine (RESOURCE_EXHAUSTED when over capacity) and streams one
-  // GenerateResponse per token: token_id, index and the UTF-8-safe text delta
-  // (EOS renders as ""). The last message adds finish_reason, usage and
-  // timings. A client cancel or deadline ends the request in the engine and
+  // GenerateResponse per token of each sample: token_id, index,
+  // sample_index, the UTF-8-safe text delta (EOS and stop ids render as "",
+  // stop strings are cut) and, when asked, logprobs. Each sample's last
+  // message adds finish_reason, usage and timings; the stream ends after the
+  // last sample's. A client cancel or deadline ends the request in the engine and
   // frees its KV at once; errors from the engine (UNAVAILABLE,
   // FAILED_PRECONDITION, DEADLINE_EXCEEDED, INTERNAL) end the stream.
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
@@ -50,6 +53,8 @@ class DecodeServer final : public v1::GenerateService::CallbackService {
   const RequestLimits limits_;
   DecodeMetrics* const metrics_;
   v1::ModelInfo model_info_;
+  // DetectChatFormat at start-up; its error goes to requests with messages.
+  const absl::StatusOr<ChatFormat> chat_format_;
 };
 
 struct GrpcServerOptions {

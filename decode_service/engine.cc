@@ -7,16 +7,15 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "shared/logprobs.h"
 #include "shared/sampler.h"
+#include "shared/stop_matcher.h"
 
 namespace pdserve {
 
 struct Engine::Sequence {
   Sequence(RequestId id_in, GenerationRequest request_in, GenerationObserver* observer_in)
-      : id(id_in),
-        request(std::move(request_in)),
-        observer(observer_in),
-        sampler(request.sampling) {}
+      : id(id_in), request(std::move(request_in)), observer(observer_in) {}
 
   const RequestId id;
   const GenerationRequest request;
@@ -28,22 +27,41 @@ struct Engine::Sequence {
   std::shared_ptr<PrefillCall> prefill;
   std::optional<absl::StatusOr<PrefillResult>> prefill_result;
 
-  // The lease: created under mu_ at admission; afterwards written by the
-  // prefill (through KvWriter, under backend_mu_) and then used by the engine
-  // thread alone. (Preemption would give it back here and re-admit later; a
-  // copy-on-write fork for n > 1 samples would share its prompt blocks.)
+  // The prompt's lease: created under mu_ at admission; afterwards written by
+  // the prefill (through KvWriter, under backend_mu_), then handed to the
+  // samples at the join (sample 0 takes it, the others fork it). Preemption
+  // would give it back here and re-admit later.
   std::unique_ptr<KvCache::Sequence> kv;
 
   // Engine thread only, once ready.
-  Sampler sampler;
-  std::vector<int32_t> history;  // prompt + generated ids (repetition penalty)
-  int num_generated = 0;
+  std::vector<std::unique_ptr<Sample>> samples;
+  int samples_finished = 0;
+  int total_generated = 0;
   absl::Time prefill_start;
   absl::Time kv_complete;
+  double prefill_compute_ms = 0;
   absl::Time first_token;
-  absl::Time last_token;
 
   int prompt_tokens() const { return static_cast<int>(request.prompt.size()); }
+};
+
+struct Engine::Sample {
+  Sample(Sequence* owner_in, int index_in, const SamplingParams& params,
+         const Tokenizer* tokenizer)
+      : owner(owner_in), index(index_in), sampler(params), stop_matcher(owner->request.stop) {
+    if (tokenizer != nullptr) detokenizer.emplace(tokenizer, owner->request.prompt);
+  }
+
+  Sequence* const owner;
+  const int index;
+  // Engine thread only.
+  std::unique_ptr<KvCache::Sequence> kv;
+  Sampler sampler;
+  std::vector<int32_t> generated;
+  std::optional<IncrementalDetokenizer> detokenizer;
+  StopMatcher stop_matcher;
+  absl::Time last_token;
+  bool finished = false;
 };
 
 namespace {
@@ -51,6 +69,23 @@ namespace {
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
 int BlocksFor(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
+
+// Sample i's random stream. Sample 0 keeps the request's seed, so n = 1 draws
+// what it always did; the others get SplitMix64 (Steele et al. 2014) of the
+// seed and their index: independent-looking streams that depend on nothing
+// else in the batch.
+uint64_t SampleSeed(uint64_t seed, int index) {
+  if (index == 0) return seed;
+  uint64_t z = seed + static_cast<uint64_t>(index) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+bool Contains(const std::vector<T>& values, const T& value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
+}
 
 }  // namespace
 
@@ -66,6 +101,16 @@ absl::StatusOr<Engine::RequestId> Engine::Submit(GenerationRequest request,
                                                  GenerationObserver* observer) {
   if (request.prompt.empty()) {
     return absl::InvalidArgumentError("prompt: no tokens (at least 1 needed)");
+  }
+  if (request.num_samples < 1 || request.num_samples > options_.max_batch_size) {
+    // All samples of a request step together, so they must fit one batch.
+    return absl::InvalidArgumentError(
+        absl::StrCat("output.n: ", request.num_samples, " samples outside [1, ",
+                     options_.max_batch_size, "] (--max_batch_size)"));
+  }
+  if (!request.stop.empty() && options_.tokenizer == nullptr) {
+    return absl::InvalidArgumentError(
+        "stopping.stop: stop strings need the engine's tokenizer, and it has none");
   }
   // Admission reserves the prompt plus the slot of the first generated token.
   const int needed_blocks =
@@ -219,8 +264,8 @@ void Engine::Iterate() {
         ending.emplace_back(seq, absl::CancelledError("Generate: cancelled by the client"));
       } else if (!seq->prefill_result->ok()) {
         ending.emplace_back(seq, seq->prefill_result->status());
-      } else if (room > 0) {
-        --room;
+      } else if (room >= seq->request.num_samples) {
+        room -= seq->request.num_samples;
         joiners.push_back(seq);
       } else {
         ++it;  // the batch is full: joins a later step
@@ -228,13 +273,16 @@ void Engine::Iterate() {
       }
       it = ready_.erase(it);
     }
-    for (Sequence* seq : running_) {
-      if (seq->cancelled) {
+    for (Sample* sample : running_) {
+      Sequence* seq = sample->owner;
+      if (seq->cancelled &&
+          std::find_if(ending.begin(), ending.end(),
+                       [seq](const auto& entry) { return entry.first == seq; }) == ending.end()) {
         ending.emplace_back(seq, absl::CancelledError("Generate: cancelled by the client"));
       }
     }
   }
-  for (auto& [seq, status] : ending) Retire(seq, status, nullptr);
+  for (auto& [seq, status] : ending) Retire(seq, status);
   JoinReady(joiners);
   StepRunning();
 }
@@ -248,14 +296,13 @@ void Engine::JoinReady(const std::vector<Sequence*>& joiners) {
     // prefill_result any more.
     PrefillResult& result = seq->prefill_result->value();
     if (static_cast<int>(result.final_hidden.size()) != hidden_size) {
-      Retire(seq,
-             absl::InternalError(absl::StrCat("prefill final hidden state: ",
-                                              result.final_hidden.size(),
-                                              " values, expected hidden_size ", hidden_size)),
-             nullptr);
+      Retire(seq, absl::InternalError(absl::StrCat("prefill final hidden state: ",
+                                                   result.final_hidden.size(),
+                                                   " values, expected hidden_size ", hidden_size)));
       continue;
     }
     seq->kv_complete = result.kv_complete;
+    seq->prefill_compute_ms = result.remote_prefill_ms;
     hidden.insert(hidden.end(), result.final_hidden.begin(), result.final_hidden.end());
     joining.push_back(seq);
   }
@@ -267,111 +314,209 @@ void Engine::JoinReady(const std::vector<Sequence*>& joiners) {
     std::lock_guard<std::mutex> lock(backend_mu_);
     logits = transformer_->ComputeLogits(hidden, m);
   }
+  std::vector<absl::Status> started(m);
+  for (int i = 0; i < m; ++i) started[i] = StartSamples(joining[i]);
   {
     std::lock_guard<std::mutex> lock(mu_);  // Cancel reads `state`
-    for (Sequence* seq : joining) {
+    for (int i = 0; i < m; ++i) {
+      Sequence* seq = joining[i];
       seq->prefill_result.reset();  // the hidden state is consumed
-      seq->history = seq->request.prompt;
       seq->state = State::kRunning;
-      running_.push_back(seq);
-      ++num_running_;
+      if (!started[i].ok()) continue;
+      for (auto& sample : seq->samples) running_.push_back(sample.get());
+      num_running_ += static_cast<int>(seq->samples.size());
     }
   }
-  if (!logits.ok()) {
-    for (Sequence* seq : joining) Retire(seq, logits.status(), nullptr);
-    return;
-  }
-  const size_t vocab = logits->size() / m;
   for (int i = 0; i < m; ++i) {
-    Sequence* seq = joining[i];
+    if (!logits.ok() || !started[i].ok()) {
+      Retire(joining[i], logits.ok() ? started[i] : logits.status());
+      continue;
+    }
+    const size_t vocab = logits->size() / m;
     std::span<const float> row(logits->data() + i * vocab, vocab);
-    Advance(seq, seq->sampler.Sample(row, seq->history));
+    // Every sample draws its first token from the prompt's one distribution.
+    // Copied first: the last sample to finish takes the request with it.
+    std::vector<Sample*> samples;
+    for (auto& sample : joining[i]->samples) samples.push_back(sample.get());
+    for (Sample* sample : samples) SampleAndAdvance(sample, row);
   }
+}
+
+absl::Status Engine::StartSamples(Sequence* seq) {
+  const GenerationRequest& request = seq->request;
+  for (int index = 0; index < request.num_samples; ++index) {
+    SamplingParams params = request.sampling;
+    params.seed = SampleSeed(request.sampling.seed, index);
+    seq->samples.push_back(std::make_unique<Sample>(seq, index, params, options_.tokenizer));
+  }
+  // Forks share the prompt's blocks (no copy, no free block needed); the
+  // prompt lease's extra slot for the first new token stays sample 0's.
+  for (int index = 1; index < request.num_samples; ++index) {
+    absl::StatusOr<std::unique_ptr<KvCache::Sequence>> fork =
+        cache_->Fork(*seq->kv, seq->prompt_tokens());
+    if (!fork.ok()) return fork.status();
+    seq->samples[index]->kv = std::move(fork).value();
+  }
+  seq->samples[0]->kv = std::move(seq->kv);
+  return absl::OkStatus();
 }
 
 void Engine::StepRunning() {
   if (running_.empty()) return;
   DecodeBatch batch;
-  for (Sequence* seq : running_) {
-    // The newest token is fed at the next free position; Advance reserved its slot.
-    const int position = seq->prompt_tokens() + seq->num_generated - 1;
-    batch.Add(seq->history.back(), position, *seq->kv);
+  for (Sample* sample : running_) {
+    // The newest token is fed at the next free position; SampleAndAdvance
+    // made its slot writable.
+    const int position =
+        sample->owner->prompt_tokens() + static_cast<int>(sample->generated.size()) - 1;
+    batch.Add(sample->generated.back(), position, *sample->kv);
   }
   absl::StatusOr<std::vector<float>> logits;
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
     logits = transformer_->DecodeStep(batch, *cache_);
   }
-  const std::vector<Sequence*> stepped = running_;  // Advance may retire
+  const std::vector<Sample*> stepped = running_;  // samples may finish below
   if (!logits.ok()) {
-    for (Sequence* seq : stepped) Retire(seq, logits.status(), nullptr);
+    std::vector<Sequence*> owners;
+    for (Sample* sample : stepped) {
+      if (!Contains(owners, sample->owner)) owners.push_back(sample->owner);
+    }
+    for (Sequence* seq : owners) Retire(seq, logits.status());
     return;
   }
   const size_t vocab = logits->size() / stepped.size();
   for (size_t i = 0; i < stepped.size(); ++i) {
-    Sequence* seq = stepped[i];
-    std::span<const float> row(logits->data() + i * vocab, vocab);
-    Advance(seq, seq->sampler.Sample(row, seq->history));
+    // A request is deleted only with its last sample, after every other one
+    // of it in `stepped` has been handled: no pointer here dangles.
+    SampleAndAdvance(stepped[i], std::span<const float>(logits->data() + i * vocab, vocab));
   }
 }
 
-bool Engine::Advance(Sequence* seq, int32_t token) {
+void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits) {
+  Sequence* seq = sample->owner;
+  const GenerationRequest& request = seq->request;
+  const int32_t token = sample->sampler.Sample(logits, request.prompt, sample->generated);
   const absl::Time now = absl::Now();
-  if (seq->num_generated == 0) seq->first_token = now;
-  seq->last_token = now;
-  seq->history.push_back(token);
-  ++seq->num_generated;
+  if (seq->total_generated == 0) seq->first_token = now;
+  sample->last_token = now;
+  sample->generated.push_back(token);
+  ++seq->total_generated;
+  const int num_generated = static_cast<int>(sample->generated.size());
 
   TokenEvent event;
   event.token_id = token;
-  event.index = seq->num_generated - 1;
-  event.is_eos = IsEos(token);
+  event.index = num_generated - 1;
+  event.sample_index = sample->index;
+  event.is_eos = IsEos(token, request);
+  if (request.logprobs || request.top_logprobs > 0) {
+    // The model's distribution, not the sampler's (logprobs.h says why).
+    std::vector<float> logprobs(logits.size());
+    LogSoftmax(logits, logprobs);
+    event.logprob = logprobs[token];
+    event.top_logprobs = TopLogprobs(logprobs, request.top_logprobs);
+  }
+  const bool stop_token = Contains(request.stop_token_ids, token);
+  // EOS and stop ids render no text; everything else goes through the
+  // detokenizer (whole UTF-8 characters) and then the stop matcher.
+  std::string delta;
+  if (!event.is_eos && !stop_token && sample->detokenizer.has_value()) {
+    delta = sample->detokenizer->Push(token);
+  }
+  StopMatcher::Result matched = sample->stop_matcher.Push(delta);
+  event.text = std::move(matched.emit);
 
   // The new token is fed back at this position by the next step.
-  const int next_position = seq->prompt_tokens() + seq->num_generated - 1;
+  const int next_position = seq->prompt_tokens() + num_generated - 1;
   std::optional<FinishReason> reason;
-  if (event.is_eos && !seq->request.ignore_eos) {
+  if (event.is_eos && !request.ignore_eos) {
     reason = FinishReason::kEos;
-  } else if (seq->num_generated >= seq->request.max_new_tokens) {
+  } else if (stop_token || matched.stopped) {
+    reason = FinishReason::kStop;
+  } else if (num_generated >= request.max_new_tokens) {
     reason = FinishReason::kLength;
   } else if (options_.context_limit > 0 && next_position >= options_.context_limit) {
     reason = FinishReason::kLength;
-  } else if (!seq->kv->Reserve(next_position + 1).ok()) {
-    // The pool is empty and this sequence needs one more block for the token
-    // it just produced. Until preemption exists (a later issue: give a
-    // victim's blocks back and recompute or swap its KV, as vLLM does), the
-    // choice that never stalls the rest of the batch is to end this sequence
-    // here with FINISH_REASON_LENGTH; everything it generated stays valid.
-    reason = FinishReason::kLength;
+  } else {
+    absl::Status writable;
+    {
+      std::lock_guard<std::mutex> lock(backend_mu_);  // may copy a shared block
+      writable = sample->kv->PrepareWrite(next_position);
+    }
+    if (!writable.ok()) {
+      // The pool is empty and this sample needs one more block (or its own
+      // copy of a shared one) for the token it just produced. Until
+      // preemption exists (a later issue: give a victim's blocks back and
+      // recompute or swap its KV, as vLLM does), the choice that never stalls
+      // the rest of the batch is to end this sample here with
+      // FINISH_REASON_LENGTH; everything it generated stays valid.
+      reason = FinishReason::kLength;
+    }
   }
   if (!reason.has_value()) {
     seq->observer->OnToken(event);
-    return true;
+    return;
+  }
+  if (!matched.stopped) {
+    // The end: whatever the detokenizer held (an incomplete character) and
+    // then whatever the matcher held (a possible stop string's start).
+    const std::string rest = sample->detokenizer.has_value() ? sample->detokenizer->Flush() : "";
+    StopMatcher::Result last = sample->stop_matcher.Push(rest);
+    event.text += last.emit;
+    if (last.stopped) {
+      reason = FinishReason::kStop;
+    } else {
+      event.text += sample->stop_matcher.Flush();
+    }
   }
   GenerationSummary summary;
   summary.reason = *reason;
   summary.prompt_tokens = seq->prompt_tokens();
-  summary.generated_tokens = seq->num_generated;
-  const GenerationRequest& request = seq->request;
-  summary.timings.queue_ms = Ms(seq->prefill_start - request.arrival);
-  summary.timings.prefill_ms = Ms(seq->kv_complete - seq->prefill_start);
-  summary.timings.ttft_ms = Ms(seq->first_token - request.arrival);
-  summary.timings.decode_ms = Ms(seq->last_token - seq->first_token);
-  summary.timings.total_ms = Ms(seq->last_token - request.arrival);
+  summary.generated_tokens = num_generated;
+  GenerationTimings& timings = summary.timings;
+  timings.queue_ms = Ms(seq->prefill_start - request.arrival);
+  timings.prefill_ms = Ms(seq->kv_complete - seq->prefill_start);
+  timings.prefill_compute_ms = seq->prefill_compute_ms;
+  timings.transfer_ms = std::max(0.0, timings.prefill_ms - timings.prefill_compute_ms);
+  timings.ttft_ms = Ms(seq->first_token - request.arrival);
+  timings.decode_ms = Ms(sample->last_token - seq->first_token);
+  timings.total_ms = Ms(sample->last_token - request.arrival);
   event.finish = summary;
-  Retire(seq, absl::OkStatus(), &event);
-  return false;
+  FinishSample(sample, std::move(event));
 }
 
-void Engine::RemoveFromRunning(Sequence* seq) {
-  auto it = std::find(running_.begin(), running_.end(), seq);
+void Engine::RemoveFromRunning(Sample* sample) {
+  auto it = std::find(running_.begin(), running_.end(), sample);
   if (it == running_.end()) return;
   running_.erase(it);
   --num_running_;
 }
 
-void Engine::Retire(Sequence* seq, const absl::Status& error, const TokenEvent* final_event) {
-  if (seq->state == State::kRunning) RemoveFromRunning(seq);
+void Engine::FinishSample(Sample* sample, TokenEvent event) {
+  Sequence* seq = sample->owner;
+  RemoveFromRunning(sample);
+  sample->kv.reset();  // blocks return to the pool before anyone hears of the end
+  sample->finished = true;
+  ++seq->samples_finished;
+  std::unique_ptr<Sequence> owned;
+  if (seq->samples_finished == static_cast<int>(seq->samples.size())) {
+    event.ends_request = true;
+    event.finish->total_generated_tokens = seq->total_generated;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sequences_.find(seq->id);
+    owned = std::move(it->second);
+    sequences_.erase(it);
+  }
+  // After the terminal call the observer may be gone; `owned` (the request
+  // and its samples) dies after it.
+  seq->observer->OnToken(event);
+}
+
+void Engine::Retire(Sequence* seq, const absl::Status& error) {
+  for (auto& sample : seq->samples) {
+    if (!sample->finished) RemoveFromRunning(sample.get());
+    sample->kv.reset();
+  }
   seq->kv.reset();  // blocks return to the pool before anyone hears of the end
   GenerationObserver* observer = seq->observer;
   std::unique_ptr<Sequence> owned;
@@ -381,16 +526,11 @@ void Engine::Retire(Sequence* seq, const absl::Status& error, const TokenEvent* 
     owned = std::move(it->second);
     sequences_.erase(it);
   }
-  if (final_event != nullptr) {
-    observer->OnToken(*final_event);
-  } else {
-    observer->OnError(error);
-  }
+  observer->OnError(error);
 }
 
-bool Engine::IsEos(int32_t token) const {
-  return std::find(options_.eos_token_ids.begin(), options_.eos_token_ids.end(), token) !=
-         options_.eos_token_ids.end();
+bool Engine::IsEos(int32_t token, const GenerationRequest& request) const {
+  return Contains(options_.eos_token_ids, token) || Contains(request.extra_eos_token_ids, token);
 }
 
 void Engine::Shutdown() {
@@ -419,7 +559,10 @@ void Engine::Shutdown() {
   }
   running_.clear();
   num_running_ = 0;
-  for (auto& seq : remaining) seq->kv.reset();
+  for (auto& seq : remaining) {
+    seq->kv.reset();
+    for (auto& sample : seq->samples) sample->kv.reset();
+  }
   for (auto& seq : remaining) {
     seq->observer->OnError(absl::UnavailableError("decode service is shutting down"));
   }

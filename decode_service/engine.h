@@ -6,10 +6,14 @@
 //   waiting    queued until the pool has blocks for prompt + 1 tokens
 //   prefilling its KV lease exists; a PrefillRunner fills it
 //   ready      KV complete; joins the batch at the next step
-//   running    one token per step; retired on EOS, max_new_tokens, the
-//              context limit, an empty pool, or a cancel
+//   running    its n samples each make one token per step; a sample ends
+//              on EOS, a stop id or string, max_new_tokens, the context
+//              limit or an empty pool; a cancel or error ends them all
 // KV blocks are held only from "prefilling" on and return to the pool the
-// moment a request ends, before its observer hears about it.
+// moment a sample (or the request) ends, before its observer hears about it.
+// With n > 1 the samples fork the prompt's lease at the join: they share its
+// full blocks and each copies the partly filled last one on its first write
+// (KvCache::Fork / PrepareWrite), so the prompt is prefilled and stored once.
 //
 // Threading. The Backend is not thread-safe and the engine thread is its main
 // user (ComputeLogits, DecodeStep). KV chunks arrive on gRPC threads; they are
@@ -28,6 +32,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -37,6 +42,7 @@
 #include "decode_service/generation.h"
 #include "decode_service/prefill_runner.h"
 #include "shared/kv_cache.h"
+#include "shared/tokenizer.h"
 #include "shared/transformer.h"
 
 namespace pdserve {
@@ -47,6 +53,9 @@ struct EngineOptions {
   absl::Duration prefill_timeout = absl::Seconds(60);  // per prefill call
   std::vector<int32_t> eos_token_ids;  // generation_config.json, all of them
   int context_limit = 0;               // max_position_embeddings, tokens
+  // Renders each token's text (TokenEvent::text) and finds stop strings.
+  // Null: events carry no text, and requests with stop strings are refused.
+  const Tokenizer* tokenizer = nullptr;
 };
 
 // Counts for tests and (later) metrics.
@@ -54,7 +63,7 @@ struct EngineStats {
   int waiting = 0;
   int prefilling = 0;
   int ready = 0;
-  int running = 0;
+  int running = 0;  // samples in the decode batch (n per request)
 };
 
 class Engine {
@@ -74,8 +83,9 @@ class Engine {
   // Queues `request` (validated, see request_validation.h). `observer` gets
   // the tokens and must outlive its terminal call. Errors, with no observer
   // call: RESOURCE_EXHAUSTED when the wait queue is full (--max_queue) or the
-  // prompt needs more blocks than the whole pool has; UNAVAILABLE after
-  // Shutdown.
+  // prompt needs more blocks than the whole pool has; INVALID_ARGUMENT for
+  // more samples than --max_batch_size, or stop strings without a tokenizer;
+  // UNAVAILABLE after Shutdown.
   absl::StatusOr<RequestId> Submit(GenerationRequest request, GenerationObserver* observer);
 
   // Ends the request with CANCELLED as soon as possible: at once while it
@@ -90,7 +100,8 @@ class Engine {
   EngineStats stats() const;
 
  private:
-  struct Sequence;
+  struct Sequence;  // a request: its prefill, its samples
+  struct Sample;    // one of a running request's n samples
   enum class State { kWaiting, kPrefilling, kReady, kRunning };
 
   void Run();
@@ -105,15 +116,20 @@ class Engine {
   // runs one decode step over the batch.
   void Iterate();
   void JoinReady(const std::vector<Sequence*>& joiners);
+  // Creates the samples of `seq`, which must hold its prompt lease.
+  absl::Status StartSamples(Sequence* seq);
   void StepRunning();
-  // Appends `token` to the sequence, streams it and retires the sequence
-  // when it is done; false when retired.
-  bool Advance(Sequence* seq, int32_t token);
-  // Ends the sequence: frees its KV, forgets it and tells its observer
-  // (`error` when not OK, otherwise the already-built final `event`).
-  void Retire(Sequence* seq, const absl::Status& error, const TokenEvent* final_event);
-  void RemoveFromRunning(Sequence* seq);
-  bool IsEos(int32_t token) const;
+  // Samples a token for `sample` from `logits` [vocab] (raw), appends it,
+  // streams it and finishes the sample when it is done.
+  void SampleAndAdvance(Sample* sample, std::span<const float> logits);
+  // Ends one sample normally: frees its KV and sends `event` (its final
+  // token); the request ends with it when it was the last sample.
+  void FinishSample(Sample* sample, TokenEvent event);
+  // Ends the request and every sample still running: frees all its KV,
+  // forgets it and tells its observer `error`.
+  void Retire(Sequence* seq, const absl::Status& error);
+  void RemoveFromRunning(Sample* sample);
+  bool IsEos(int32_t token, const GenerationRequest& request) const;
 
   Transformer* const transformer_;
   KvCache* const cache_;
@@ -133,7 +149,7 @@ class Engine {
   int num_prefilling_ = 0;                                      // guarded by mu_
   std::atomic<int> num_running_{0};  // running_.size(), readable from any thread
 
-  std::vector<Sequence*> running_;  // engine thread only
+  std::vector<Sample*> running_;  // engine thread only
   std::thread thread_;
 };
 

@@ -42,6 +42,8 @@ ABSL_FLAG(int, block_size, 16, "tokens per KV block");
 ABSL_FLAG(int, max_batch_size, 64, "sequences in one decode step");
 ABSL_FLAG(int, max_new_tokens_cap, 2048, "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, default_max_new_tokens, 128, "max_new_tokens for requests that give 0");
+ABSL_FLAG(int, max_samples, 16,
+          "largest output.n (samples of one prompt); at most --max_batch_size");
 ABSL_FLAG(int, max_queue, 256, "requests that may wait for KV blocks before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, prefill_timeout_ms, 60000, "deadline of one prefill call");
 ABSL_FLAG(int, prefill_connect_timeout_ms, 30000,
@@ -77,6 +79,7 @@ absl::Status ValidateFlags() {
                              {"max_batch_size", absl::GetFlag(FLAGS_max_batch_size)},
                              {"max_new_tokens_cap", absl::GetFlag(FLAGS_max_new_tokens_cap)},
                              {"default_max_new_tokens", absl::GetFlag(FLAGS_default_max_new_tokens)},
+                             {"max_samples", absl::GetFlag(FLAGS_max_samples)},
                              {"prefill_timeout_ms", absl::GetFlag(FLAGS_prefill_timeout_ms)},
                              {"prefill_connect_timeout_ms", absl::GetFlag(FLAGS_prefill_connect_timeout_ms)},
                              {"prefill_max_attempts", absl::GetFlag(FLAGS_prefill_max_attempts)},
@@ -89,6 +92,12 @@ absl::Status ValidateFlags() {
       absl::GetFlag(FLAGS_prefill_max_chunk_bytes) < 0) {
     return absl::InvalidArgumentError(
         "--kv_cache_blocks, --max_queue and --prefill_max_chunk_bytes must not be negative");
+  }
+  if (absl::GetFlag(FLAGS_max_samples) > absl::GetFlag(FLAGS_max_batch_size)) {
+    // A request's samples step together in one batch.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_samples: ", absl::GetFlag(FLAGS_max_samples), " exceeds --max_batch_size ",
+        absl::GetFlag(FLAGS_max_batch_size)));
   }
   if (absl::GetFlag(FLAGS_default_max_new_tokens) > absl::GetFlag(FLAGS_max_new_tokens_cap)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -184,11 +193,13 @@ int Run(const StopSignals& stop_signals) {
   engine_options.prefill_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_prefill_timeout_ms));
   engine_options.eos_token_ids = config.eos_token_ids;
   engine_options.context_limit = config.max_position_embeddings;
+  engine_options.tokenizer = &(*model)->tokenizer();
   Engine engine(&(*model)->transformer(), cache->get(), &prefill, engine_options);
 
   RequestLimits limits;
   limits.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens_cap);
   limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  limits.max_samples = absl::GetFlag(FLAGS_max_samples);
   DecodeServer service(model->get(), &engine, limits, &metrics);
 
   // After the engine and the cache it samples, so it stops before they go.

@@ -59,6 +59,7 @@ class EngineTest : public ::testing::Test {
     options.max_queue = max_queue;
     options.eos_token_ids = eos_token_ids.empty() ? config.eos_token_ids : eos_token_ids;
     options.context_limit = config.max_position_embeddings;
+    options.tokenizer = &model_->tokenizer();
     engine_ = std::make_unique<Engine>(&model_->transformer(), cache_.get(), runner_.get(),
                                        options);
   }

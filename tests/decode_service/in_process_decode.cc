@@ -37,6 +37,7 @@ absl::StatusOr<std::unique_ptr<InProcessDecode>> InProcessDecode::Start(
   engine.prefill_timeout = options.prefill_timeout;
   engine.eos_token_ids = options.eos_token_ids.value_or(config.eos_token_ids);
   engine.context_limit = config.max_position_embeddings;
+  engine.tokenizer = &decode->model_->tokenizer();
   decode->engine_ = std::make_unique<Engine>(&decode->model_->transformer(), decode->cache_.get(),
                                              decode->prefill_.get(), engine);
   decode->service_ =
