@@ -8,9 +8,10 @@ namespace {
 
 constexpr char kErrorsName[] = "pdserve_decode_errors_total";
 constexpr char kErrorsHelp[] = "Generate calls that ended with an error, by gRPC status code";
-constexpr char kFinishedName[] = "pdserve_decode_requests_finished_total";
+constexpr char kFinishedName[] = "pdserve_decode_sequences_finished_total";
 constexpr char kFinishedHelp[] =
-    "Generate calls that finished normally, by finish reason (length, eos, stop)";
+    "Sequences (samples; one per Generate call unless output.n > 1) that finished normally, "
+    "by finish reason (length, eos, stop)";
 
 const char* ReasonLabel(FinishReason reason) {
   switch (reason) {
@@ -77,9 +78,12 @@ void DecodeMetrics::SampleAtCollection(const Engine* engine, const KvCache* cach
 
 void DecodeMetrics::OnRequest() { requests_.Increment(); }
 
-void DecodeMetrics::OnFinished(FinishReason reason, absl::Duration latency) {
+void DecodeMetrics::OnSequenceFinished(FinishReason reason) {
   registry_->AddCounter(kFinishedName, kFinishedHelp, {{"reason", ReasonLabel(reason)}})
       .Increment();
+}
+
+void DecodeMetrics::OnRequestFinished(absl::Duration latency) {
   request_latency_ms_.Observe(absl::ToDoubleMilliseconds(latency));
 }
 
@@ -99,6 +103,8 @@ void DecodeMetrics::OnNextToken(absl::Duration gap) {
   inter_token_ms_.Observe(absl::ToDoubleMilliseconds(gap));
 }
 
+void DecodeMetrics::OnSampleFirstToken() { generated_tokens_.Increment(); }
+
 void DecodeMetrics::OnKvBytesReceived(int64_t bytes) {
   kv_bytes_received_.Increment(static_cast<double>(bytes));
 }
@@ -113,14 +119,22 @@ GenerateCallMetrics::GenerateCallMetrics(DecodeMetrics* metrics, absl::Time arri
 void GenerateCallMetrics::Token(const TokenEvent& event) {
   if (metrics_ == nullptr) return;
   const absl::Time now = absl::Now();
+  if (event.sample_index < 0) return;
+  if (static_cast<size_t>(event.sample_index) >= last_token_.size()) {
+    last_token_.resize(event.sample_index + 1, absl::InfinitePast());
+  }
+  absl::Time& last = last_token_[event.sample_index];
   if (!have_token_) {
     metrics_->OnFirstToken(prompt_tokens_, now - arrival_);
+  } else if (last == absl::InfinitePast()) {
+    metrics_->OnSampleFirstToken();
   } else {
-    metrics_->OnNextToken(now - last_token_);
+    metrics_->OnNextToken(now - last);
   }
   have_token_ = true;
-  last_token_ = now;
-  if (event.finish.has_value()) metrics_->OnFinished(event.finish->reason, now - arrival_);
+  last = now;
+  if (event.finish.has_value()) metrics_->OnSequenceFinished(event.finish->reason);
+  if (event.ends_request) metrics_->OnRequestFinished(now - arrival_);
 }
 
 void GenerateCallMetrics::Ended(absl::StatusCode code) {

@@ -5,6 +5,7 @@
 #define PDSERVE_DECODE_SERVICE_DECODE_METRICS_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -29,14 +30,21 @@ class DecodeMetrics {
 
   // A Generate call arrived (valid or not).
   void OnRequest();
-  // A Generate call ended: OK (finished with a reason) or its error code.
-  void OnFinished(FinishReason reason, absl::Duration latency);
+  // One sequence (a sample: one per request unless output.n > 1) finished
+  // normally for `reason`.
+  void OnSequenceFinished(FinishReason reason);
+  // A Generate call's last sample finished, `latency` after its arrival.
+  void OnRequestFinished(absl::Duration latency);
+  // A Generate call ended with this error.
   void OnError(absl::StatusCode code);
-  // The first generated token of a request whose prompt had `prompt_tokens`
-  // tokens; `ttft` from the call's arrival.
+  // The first generated token of a request (of any of its samples) whose
+  // prompt had `prompt_tokens` tokens; `ttft` from the call's arrival.
   void OnFirstToken(int prompt_tokens, absl::Duration ttft);
-  // A later token, `gap` after the previous one.
+  // Another token of a sample that already had one, `gap` after that
+  // sample's previous token.
   void OnNextToken(absl::Duration gap);
+  // The first token of a second or later sample: counted, no gap.
+  void OnSampleFirstToken();
 
   // K+V bytes of one KvChunk written into a lease (as received, wire dtype).
   void OnKvBytesReceived(int64_t bytes);
@@ -77,8 +85,9 @@ class GenerateCallMetrics {
   DecodeMetrics* const metrics_;
   const absl::Time arrival_;
   int prompt_tokens_ = 0;
-  absl::Time last_token_;
   bool have_token_ = false;
+  // Per sample: the time of its previous token (InfinitePast: none yet).
+  std::vector<absl::Time> last_token_;
 };
 
 }  // namespace pdserve
