@@ -46,6 +46,14 @@ ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{4} << 20,
           "Largest K+V payload of one KvChunk message, bytes; requests may ask for less");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
           "gRPC max send and receive message size, bytes");
+ABSL_FLAG(int, max_prefill_batch_tokens, 8192,
+          "Prompt tokens the model's worker takes into one batched forward (queued requests in "
+          "order; a longer single prompt runs alone)");
+ABSL_FLAG(int, prefill_chunk_tokens, 2048,
+          "Most tokens of one forward step; longer prompts and batches run in chunks, which "
+          "bounds activation memory; 0: no limit");
+ABSL_FLAG(int, max_queued_requests, 256,
+          "Prefill requests that may wait for the model; more are RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long calls in flight may take before they are cancelled");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -76,8 +84,21 @@ absl::Status Serve(const StopSignals& stop_signals) {
   }
 
   const absl::Time load_start = absl::Now();
-  PDSERVE_ASSIGN_OR_RETURN(std::unique_ptr<PrefillEngine> engine,
-                           PrefillEngine::Load(model_dir, absl::GetFlag(FLAGS_device)));
+  PrefillEngineOptions engine_options;
+  engine_options.max_batch_tokens = absl::GetFlag(FLAGS_max_prefill_batch_tokens);
+  engine_options.chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk_tokens);
+  engine_options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  if (engine_options.max_batch_tokens < 1 || engine_options.chunk_tokens < 0 ||
+      engine_options.max_queued_requests < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_prefill_batch_tokens (", engine_options.max_batch_tokens,
+        ") and --max_queued_requests (", engine_options.max_queued_requests,
+        ") must be positive, --prefill_chunk_tokens (", engine_options.chunk_tokens,
+        ") not negative"));
+  }
+  PDSERVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<PrefillEngine> engine,
+      PrefillEngine::Load(model_dir, absl::GetFlag(FLAGS_device), engine_options));
   const ModelConfig& config = engine->config();
   // Fails now, not on every request, when --max_chunk_bytes cannot hold one token.
   PDSERVE_RETURN_IF_ERROR(PlanChunks(0, options.max_chunk_bytes,

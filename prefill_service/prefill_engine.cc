@@ -1,5 +1,6 @@
 #include "prefill_service/prefill_engine.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -8,10 +9,18 @@
 
 namespace pdserve {
 
-absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(const std::string& model_dir,
-                                                                   std::string_view device) {
+absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(
+    const std::string& model_dir, std::string_view device, const PrefillEngineOptions& options) {
+  if (options.max_batch_tokens < 1 || options.chunk_tokens < 0 ||
+      options.max_queued_requests < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill engine: max_batch_tokens (", options.max_batch_tokens,
+        ") and max_queued_requests (", options.max_queued_requests,
+        ") must be positive and chunk_tokens (", options.chunk_tokens, ") not negative"));
+  }
   std::unique_ptr<PrefillEngine> engine(new PrefillEngine());
   engine->model_dir_ = model_dir;
+  engine->options_ = options;
   PDSERVE_ASSIGN_OR_RETURN(engine->config_, LoadModelConfig(model_dir));
   PDSERVE_ASSIGN_OR_RETURN(engine->weights_, LoadModelWeights(model_dir, engine->config_));
   engine->fingerprint_ = MakeFingerprint(engine->config_, *engine->weights_.store);
@@ -34,33 +43,105 @@ PrefillEngine::~PrefillEngine() {
   if (worker_.joinable()) worker_.join();
 }
 
-void PrefillEngine::Submit(Job job) {
+absl::StatusOr<PrefillEngine::WorkId> PrefillEngine::Submit(PrefillWork work) {
   absl::MutexLock lock(&mu_);
-  jobs_.push_back(std::move(job));
+  if (static_cast<int>(queue_.size()) >= options_.max_queued_requests) {
+    ++stats_.rejected_queue_full;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("prefill queue full: ", queue_.size(),
+                     " requests already wait for the model (max_queued_requests ",
+                     options_.max_queued_requests, ")"));
+  }
+  const WorkId id = next_id_++;
+  queue_.push_back(Queued{id, std::move(work)});
+  return id;
 }
 
-int PrefillEngine::queued_jobs() {
+bool PrefillEngine::Cancel(WorkId id) {
+  PrefillWork removed;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = std::find_if(queue_.begin(), queue_.end(),
+                           [id](const Queued& queued) { return queued.id == id; });
+    if (it == queue_.end()) return false;
+    removed = std::move(it->work);
+    queue_.erase(it);
+    ++stats_.cancelled_queued;
+  }
+  std::move(removed.done)(absl::CancelledError("prefill: cancelled while queued"));
+  return true;
+}
+
+PrefillEngineStats PrefillEngine::stats() const {
   absl::MutexLock lock(&mu_);
-  return static_cast<int>(jobs_.size());
+  PrefillEngineStats stats = stats_;
+  stats.queued = static_cast<int>(queue_.size());
+  return stats;
+}
+
+int PrefillEngine::queued_jobs() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+std::vector<PrefillWork> PrefillEngine::TakeBatchLocked() {
+  std::vector<PrefillWork> batch;
+  int64_t tokens = 0;
+  while (!queue_.empty()) {
+    const int64_t next = static_cast<int64_t>(queue_.front().work.tokens.size());
+    if (!batch.empty() && tokens + next > options_.max_batch_tokens) break;
+    tokens += next;
+    batch.push_back(std::move(queue_.front().work));
+    queue_.pop_front();
+  }
+  ++stats_.batches;
+  stats_.requests += static_cast<int64_t>(batch.size());
+  stats_.prompt_tokens += tokens;
+  stats_.largest_batch = std::max<int64_t>(stats_.largest_batch, batch.size());
+  stats_.running = static_cast<int>(batch.size());
+  return batch;
+}
+
+void PrefillEngine::RunBatch(std::vector<PrefillWork>& batch) {
+  int tokens = 0;
+  for (const PrefillWork& work : batch) tokens += static_cast<int>(work.tokens.size());
+  std::vector<PrefillSequence> sequences(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    PrefillWork& work = batch[i];
+    if (work.started) std::move(work.started)(static_cast<int>(batch.size()), tokens);
+    PrefillSequence& sequence = sequences[i];
+    sequence.tokens = work.tokens;
+    sequence.capture = work.capture;
+    sequence.kv_sink = work.kv_sink;
+    sequence.hidden_sink = work.hidden_sink;
+    sequence.done = [&work](const absl::StatusOr<std::vector<float>>& result) {
+      std::move(work.done)(result);
+    };
+  }
+  PrefillBatchOptions options;
+  options.chunk_tokens = options_.chunk_tokens;
+  const PrefillBatchResult result = transformer_->PrefillBatch(sequences, options);
+  absl::MutexLock lock(&mu_);
+  stats_.forward_passes += result.forward_steps;
+  stats_.running = 0;
 }
 
 void PrefillEngine::WorkerLoop() {
   while (true) {
-    Job job;
+    std::vector<PrefillWork> batch;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](PrefillEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
-            return e->stopping_ || !e->jobs_.empty();
+            return e->stopping_ || !e->queue_.empty();
           },
           this));
-      // Jobs queued before the stop still run: each one owns an RPC that
-      // can only finish once its job has reported back.
-      if (jobs_.empty()) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      // Requests queued before the stop still run: each one owns an RPC
+      // that can only finish once its `done` has run.
+      if (queue_.empty()) return;
+      batch = TakeBatchLocked();
     }
-    std::move(job)(*transformer_);
+    RunBatch(batch);
   }
 }
 

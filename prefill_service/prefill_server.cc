@@ -39,6 +39,7 @@ absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
                      plan.bytes_per_token, " bytes)"));
   }
   plan.tokens_per_chunk = static_cast<int>(std::min<int64_t>(limit / plan.bytes_per_token, INT_MAX));
+  plan.max_bytes = limit;
   return plan;
 }
 
@@ -57,13 +58,32 @@ void FillModelInfo(const PrefillEngine& engine, v1::ModelInfo* info) {
   info->set_parameter_count(engine.parameter_count());
 }
 
+// INVALID_ARGUMENT naming hidden_state_layers[i] for a layer outside
+// [-1, num_layers) or one asked for twice.
+absl::Status ValidateHiddenStateLayers(const v1::PrefillRequest& request, int num_layers) {
+  const auto& layers = request.hidden_state_layers();
+  for (int i = 0; i < layers.size(); ++i) {
+    if (layers[i] < -1 || layers[i] >= num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("hidden_state_layers[", i, "]: ", layers[i],
+                                                     " outside [-1, num_layers=", num_layers,
+                                                     ") (-1: the embeddings output)"));
+    }
+    if (std::find(layers.begin(), layers.begin() + i, layers[i]) != layers.begin() + i) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("hidden_state_layers[", i, "]: layer ", layers[i], " asked for twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // One Prefill call. Two parties touch it: gRPC's threads (OnWriteDone,
-// OnCancel, OnDone) and the engine's worker thread (Run, which produces the
-// messages). The worker only ever appends to the queue; writes and Finish
-// are issued by Pump() from whichever side made progress possible. Finish
-// waits until the worker has reported back (producer_done_), so the worker
-// never sees a deleted reactor; OnDone, which gRPC runs after Finish and
-// every write have completed, deletes it.
+// OnCancel, OnDone) and the engine's worker thread (the sinks and `done` of
+// its PrefillWork, which produce the messages). The worker only ever appends
+// to the queue; writes and Finish are issued by Pump() from whichever side
+// made progress possible. Finish waits until the engine has reported back
+// (producer_done_: the work's `done`, from the worker, or from Cancel while
+// still queued), so the worker never sees a deleted reactor; OnDone, which
+// gRPC runs after Finish and every write have completed, deletes it.
 class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
  public:
   PrefillReactor(PrefillServer* server, const v1::PrefillRequest& request)
@@ -73,7 +93,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
         arrival_(absl::Now()) {
     server_->active_streams_.fetch_add(1);
     if (metrics_ != nullptr) metrics_->OnRequest();
-    const PrefillEngine& engine = *server_->engine_;
+    PrefillEngine& engine = *server_->engine_;
     const ModelConfig& config = engine.config();
     const std::span<const int32_t> ids(request.token_ids().data(), request.token_ids().size());
     absl::Status valid = engine.ValidatePrompt(ids);
@@ -82,28 +102,45 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
                                                 config.num_kv_heads * config.head_dim,
                                                 engine.kv_dtype());
     if (valid.ok() && !plan.ok()) valid = plan.status();
+    if (valid.ok()) valid = ValidateHiddenStateLayers(request, config.num_layers);
     if (!valid.ok()) {
       LOG(WARNING) << "prefill " << request_id_ << ": rejected: " << valid;
       ProducerDone(valid);
       return;
     }
-    tokens_.assign(ids.begin(), ids.end());
-    if (metrics_ != nullptr) metrics_->OnAccepted(static_cast<int>(tokens_.size()));
+    if (metrics_ != nullptr) metrics_->OnAccepted(static_cast<int>(ids.size()));
 
     auto header = std::make_unique<v1::PrefillResponse>();
     v1::PrefillHeader* h = header->mutable_header();
     ToProto(engine.fingerprint(), h->mutable_fingerprint());
-    h->set_num_tokens(static_cast<int>(tokens_.size()));
+    h->set_num_tokens(static_cast<int>(ids.size()));
     h->set_num_layers(config.num_layers);
     h->set_num_kv_heads(config.num_kv_heads);
     h->set_head_dim(config.head_dim);
     h->set_kv_dtype(ToProto(engine.kv_dtype()));
     h->set_hidden_size(config.hidden_size);
-    // Cannot block: nothing is queued yet.
-    (void)Send(std::move(header), 0);
-
-    server_->engine_->Submit(
-        [this, plan = *plan](Transformer& transformer) { Run(transformer, plan); });
+    {
+      // Queued but not written until the engine has taken the request: a
+      // full queue answers RESOURCE_EXHAUSTED with no header. The worker's
+      // first message queues behind it.
+      absl::MutexLock lock(&mu_);
+      queue_.push_back(Pending{std::move(header), 0});
+    }
+    absl::StatusOr<PrefillEngine::WorkId> id = engine.Submit(MakeWork(request, *plan));
+    if (!id.ok()) {
+      LOG(WARNING) << "prefill " << request_id_ << ": " << id.status();
+      {
+        absl::MutexLock lock(&mu_);
+        queue_.clear();
+      }
+      ProducerDone(id.status());
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      work_id_ = *id;
+    }
+    Pump();
   }
 
   void OnWriteDone(bool ok) override {
@@ -122,9 +159,15 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   }
 
   void OnCancel() override {
+    PrefillEngine::WorkId work_id = 0;
     {
       absl::MutexLock lock(&mu_);
       CancelLocked();
+      work_id = work_id_;
+    }
+    // Still queued: dropped at once (its `done` reports back here).
+    if (work_id != 0 && server_->engine_->Cancel(work_id) && metrics_ != nullptr) {
+      metrics_->OnCancelled(PrefillMetrics::CancelStage::kQueued);
     }
     Pump();
   }
@@ -140,53 +183,107 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     int64_t bytes = 0;
   };
 
-  // Worker thread: the forward pass, streaming each layer from the sink.
-  void Run(Transformer& transformer, ChunkPlan plan) {
-    if (cancelled()) {
-      if (metrics_ != nullptr) metrics_->OnCancelled(PrefillMetrics::CancelStage::kQueued);
-      ProducerDone(absl::CancelledError("prefill: cancelled before the forward pass started"));
-      return;
+  // The engine's request: sinks that turn K/V and hidden states into
+  // messages (cut under plan.max_bytes), and a `done` that sends FinalHidden.
+  PrefillWork MakeWork(const v1::PrefillRequest& request, const ChunkPlan& plan) {
+    const ModelConfig& config = server_->engine_->config();
+    PrefillWork work;
+    work.tokens.assign(request.token_ids().begin(), request.token_ids().end());
+    num_tokens_ = static_cast<int>(work.tokens.size());
+    work.capture.all_positions = request.return_all_positions();
+    work.capture.hidden_state_layers.assign(request.hidden_state_layers().begin(),
+                                            request.hidden_state_layers().end());
+    if (!request.omit_kv()) {
+      work.kv_sink = [this, plan](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
+                                  int first_token, int num_tokens) {
+        return SendKv(layer, k, v, first_token, num_tokens, plan);
+      };
     }
-    if (metrics_ != nullptr) metrics_->OnForwardStarted();
-    const absl::Time start = absl::Now();
-    Backend& backend = transformer.backend();
-    const DType kv_dtype = backend.kv_dtype();
-    const ModelConfig& config = transformer.config();
-    const size_t kv_width = static_cast<size_t>(config.num_kv_heads) * config.head_dim;
-    LayerKvSink sink = [&](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
-                           int num_tokens) -> absl::Status {
-      for (int first = 0; first < num_tokens; first += plan.tokens_per_chunk) {
-        const int count = std::min(plan.tokens_per_chunk, num_tokens - first);
-        const size_t elements = static_cast<size_t>(count) * kv_width;
-        const size_t bytes = elements * DTypeSize(kv_dtype);
-        auto message = std::make_unique<v1::PrefillResponse>();
-        v1::KvChunk* chunk = message->mutable_kv();
-        chunk->set_layer(layer);
-        chunk->set_first_token(first);
-        chunk->set_num_tokens(count);
-        // Straight from the backend into the message's own bytes.
-        std::string* k_bytes = chunk->mutable_k();
-        k_bytes->resize(bytes);
-        PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(k, static_cast<size_t>(first) * kv_width,
-                                                   elements, k_bytes->data(), kv_dtype));
-        std::string* v_bytes = chunk->mutable_v();
-        v_bytes->resize(bytes);
-        PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(v, static_cast<size_t>(first) * kv_width,
-                                                   elements, v_bytes->data(), kv_dtype));
-        PDSERVE_RETURN_IF_ERROR(Send(std::move(message), static_cast<int64_t>(2 * bytes)));
-      }
-      return absl::OkStatus();
+    if (!work.capture.empty()) {
+      const int64_t row_bytes = static_cast<int64_t>(config.hidden_size) * sizeof(float);
+      // At least one token per message, even below one row's bytes.
+      const int rows_per_message =
+          static_cast<int>(std::clamp<int64_t>(plan.max_bytes / row_bytes, 1, INT_MAX));
+      work.hidden_sink = [this, rows_per_message](int layer, int first_token, int num_tokens,
+                                                  std::span<const float> values) {
+        return SendHiddenStates(layer, first_token, num_tokens, values, rows_per_message);
+      };
+    }
+    work.started = [this](int batch_requests, int batch_tokens) {
+      start_ = absl::Now();
+      batch_requests_ = batch_requests;
+      batch_tokens_ = batch_tokens;
+      if (metrics_ != nullptr) metrics_->OnForwardStarted();
     };
-    absl::StatusOr<std::vector<float>> hidden = transformer.Prefill(tokens_, sink);
-    const double prefill_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    work.done = [this](absl::StatusOr<std::vector<float>> hidden) { Done(std::move(hidden)); };
+    return work;
+  }
+
+  // Worker thread: K and V of tokens [first_token, first_token + num_tokens)
+  // of one layer, in KvChunks of at most plan.tokens_per_chunk tokens, copied
+  // from the backend in its kv_dtype straight into the messages.
+  absl::Status SendKv(int layer, const DeviceBuffer& k, const DeviceBuffer& v, int first_token,
+                      int num_tokens, const ChunkPlan& plan) {
+    Backend& backend = server_->engine_->backend();
+    const DType kv_dtype = backend.kv_dtype();
+    const ModelConfig& config = server_->engine_->config();
+    const size_t kv_width = static_cast<size_t>(config.num_kv_heads) * config.head_dim;
+    const int end = first_token + num_tokens;
+    for (int first = first_token; first < end; first += plan.tokens_per_chunk) {
+      const int count = std::min(plan.tokens_per_chunk, end - first);
+      const size_t elements = static_cast<size_t>(count) * kv_width;
+      const size_t bytes = elements * DTypeSize(kv_dtype);
+      auto message = std::make_unique<v1::PrefillResponse>();
+      v1::KvChunk* chunk = message->mutable_kv();
+      chunk->set_layer(layer);
+      chunk->set_first_token(first);
+      chunk->set_num_tokens(count);
+      std::string* k_bytes = chunk->mutable_k();
+      k_bytes->resize(bytes);
+      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(k, static_cast<size_t>(first) * kv_width,
+                                                 elements, k_bytes->data(), kv_dtype));
+      std::string* v_bytes = chunk->mutable_v();
+      v_bytes->resize(bytes);
+      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(v, static_cast<size_t>(first) * kv_width,
+                                                 elements, v_bytes->data(), kv_dtype));
+      PDSERVE_RETURN_IF_ERROR(Send(std::move(message), static_cast<int64_t>(2 * bytes)));
+    }
+    return absl::OkStatus();
+  }
+
+  // Worker thread: hidden states [num_tokens, hidden] in HiddenStates
+  // messages of at most rows_per_message tokens.
+  absl::Status SendHiddenStates(int layer, int first_token, int num_tokens,
+                                std::span<const float> values, int rows_per_message) {
+    const size_t hidden = values.size() / static_cast<size_t>(num_tokens);
+    for (int offset = 0; offset < num_tokens; offset += rows_per_message) {
+      const int count = std::min(rows_per_message, num_tokens - offset);
+      auto message = std::make_unique<v1::PrefillResponse>();
+      v1::HiddenStates* states = message->mutable_hidden_states();
+      states->set_layer(layer);
+      states->set_first_token(first_token + offset);
+      states->set_num_tokens(count);
+      const std::span<const float> rows =
+          values.subspan(static_cast<size_t>(offset) * hidden, static_cast<size_t>(count) * hidden);
+      states->mutable_values()->Add(rows.begin(), rows.end());
+      PDSERVE_RETURN_IF_ERROR(
+          Send(std::move(message), static_cast<int64_t>(rows.size() * sizeof(float))));
+    }
+    return absl::OkStatus();
+  }
+
+  // The request's outcome, from the worker (or from Cancel while queued).
+  void Done(absl::StatusOr<std::vector<float>> hidden) {
+    const bool ran = start_ != absl::InfinitePast();
+    const double prefill_ms = ran ? absl::ToDoubleMilliseconds(absl::Now() - start_) : 0.0;
     if (!hidden.ok()) {
-      if (metrics_ != nullptr && cancelled()) {
+      if (ran && metrics_ != nullptr && cancelled()) {
         metrics_->OnCancelled(PrefillMetrics::CancelStage::kForward);
       }
       ProducerDone(hidden.status());
       return;
     }
-    if (metrics_ != nullptr) metrics_->OnForwardCompleted(absl::Now() - start);
+    if (metrics_ != nullptr) metrics_->OnForwardCompleted(absl::Now() - start_);
     auto message = std::make_unique<v1::PrefillResponse>();
     v1::FinalHidden* final_hidden = message->mutable_final_hidden();
     final_hidden->mutable_values()->Add(hidden->begin(), hidden->end());
@@ -197,9 +294,10 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
       metrics_->OnCancelled(PrefillMetrics::CancelStage::kForward);
     }
     if (sent.ok()) {
-      LOG(INFO) << "prefill " << request_id_ << ": " << tokens_.size() << " tokens, forward "
-                << prefill_ms << " ms, queued "
-                << absl::ToDoubleMilliseconds(start - arrival_) << " ms";
+      LOG(INFO) << "prefill " << request_id_ << ": " << num_tokens_ << " tokens, forward "
+                << prefill_ms << " ms in a batch of " << batch_requests_ << " requests ("
+                << batch_tokens_ << " tokens), queued "
+                << absl::ToDoubleMilliseconds(start_ - arrival_) << " ms";
     }
     ProducerDone(sent);
   }
@@ -284,7 +382,11 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   PrefillMetrics* const metrics_;  // may be null
   const std::string request_id_;
   const absl::Time arrival_;
-  std::vector<int32_t> tokens_;
+  int num_tokens_ = 0;
+  // Set by the worker when the request's batch starts; read by the worker.
+  absl::Time start_ = absl::InfinitePast();
+  int batch_requests_ = 0;
+  int batch_tokens_ = 0;
 
   absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
@@ -296,6 +398,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   bool producer_done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  PrefillEngine::WorkId work_id_ ABSL_GUARDED_BY(mu_) = 0;  // 0: not submitted
 };
 
 PrefillServer::PrefillServer(PrefillEngine* engine, PrefillServerOptions options)

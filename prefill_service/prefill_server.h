@@ -31,6 +31,7 @@ struct PrefillServerOptions {
 struct ChunkPlan {
   int tokens_per_chunk = 0;   // the last chunk of a layer may hold fewer
   int64_t bytes_per_token = 0;  // K+V of one token in one layer
+  int64_t max_bytes = 0;        // the limit in force (also for HiddenStates)
 };
 
 // tokens_per_chunk = floor(max_chunk_bytes / (2 * kv_width * sizeof(kv_dtype))).
@@ -43,14 +44,20 @@ absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
 
 // Serves Prefill and GetModelInfo from `engine`, which must outlive the
 // server's Shutdown(). Prefill streams:
-//   1. PrefillHeader, at once (fingerprint, shapes, kv_dtype);
-//   2. for each layer as soon as the forward pass has computed it, its K and
-//      V in token ranges of at most ChunkPlan::tokens_per_chunk tokens,
-//      copied to host in the backend's kv_dtype straight into the message;
+//   1. PrefillHeader, once the engine has queued the request (fingerprint,
+//      shapes, kv_dtype); a full queue is RESOURCE_EXHAUSTED with no header;
+//   2. for each layer as soon as the forward pass has computed it (for a
+//      prompt run in chunks: each (chunk, layer)), its K and V in token
+//      ranges of at most ChunkPlan::tokens_per_chunk tokens, copied to host
+//      in the backend's kv_dtype straight into the message (none with
+//      omit_kv), and the HiddenStates asked for, interleaved the same way;
 //   3. FinalHidden (last position, after the final RMSNorm).
-// The forward pass runs on the engine's worker thread. A client cancel, a
-// deadline or a failed write stops it at the next chunk and the call ends
-// with CANCELLED; the reactor frees itself in OnDone.
+// The forward pass runs on the engine's worker thread, batched with the
+// other requests queued at the time. A client cancel, a deadline or a
+// failed write removes a queued request at once, or stops a running one at
+// its next chunk without disturbing the rest of its batch; the call ends
+// with CANCELLED and the reactor frees itself in OnDone. A slow reader's
+// back-pressure (max_queued_bytes) holds up the worker, and so its batch.
 class PrefillServer final : public v1::PrefillService::CallbackService {
  public:
   PrefillServer(PrefillEngine* engine, PrefillServerOptions options);
