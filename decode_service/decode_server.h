@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/server.h>
 
@@ -60,6 +61,8 @@ class DecodeServer final : public v1::GenerateService::CallbackService {
 struct GrpcServerOptions {
   std::string listen = "127.0.0.1:50052";  // HOST:PORT; port 0 picks a free one
   int max_message_bytes = 64 << 20;        // both directions
+  // Served beside the main service (e.g. InspectService); must outlive the server.
+  std::vector<grpc::Service*> more_services;
 };
 
 // Builds and starts a gRPC server for `service` on `options.listen` and sets
