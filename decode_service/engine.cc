@@ -70,24 +70,21 @@ double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
 int BlocksFor(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
 
-// Sample i's random stream. Sample 0 keeps the request's seed, so n = 1 draws
-// what it always did; the others get SplitMix64 (Steele et al. 2014) of the
-// seed and their index: independent-looking streams that depend on nothing
-// else in the batch.
-uint64_t SampleSeed(uint64_t seed, int index) {
-  if (index == 0) return seed;
-  uint64_t z = seed + static_cast<uint64_t>(index) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 template <typename T>
 bool Contains(const std::vector<T>& values, const T& value) {
   return std::find(values.begin(), values.end(), value) != values.end();
 }
 
 }  // namespace
+
+uint64_t SampleSeed(uint64_t request_seed, int sample_index) {
+  if (sample_index == 0) return request_seed;
+  // SplitMix64's output function (Steele, Lea, Flood 2014) over seed + i * golden gamma.
+  uint64_t z = request_seed + static_cast<uint64_t>(sample_index) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
 
 Engine::Engine(Transformer* transformer, KvCache* cache, PrefillRunner* prefill,
                const EngineOptions& options)

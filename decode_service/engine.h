@@ -66,6 +66,13 @@ struct EngineStats {
   int running = 0;  // samples in the decode batch (n per request)
 };
 
+// The seed of sample `sample_index` of a request seeded `request_seed`.
+// Sample 0 keeps the request's seed, so n = 1 draws what it always did; the
+// others get a SplitMix64 mix of the seed and their index: streams that look
+// independent and depend on nothing else in the batch. A client can
+// reproduce sample i alone by sending n = 1 with this seed.
+uint64_t SampleSeed(uint64_t request_seed, int sample_index);
+
 class Engine {
  public:
   using RequestId = uint64_t;

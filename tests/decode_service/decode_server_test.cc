@@ -29,19 +29,6 @@ namespace {
 using ::testing::HasSubstr;
 
 
-// Polls `condition` for up to `timeout`: for state the server updates after
-// the client has already seen the stream end (blocks are freed by the engine
-// thread, threads exit on their own schedule).
-template <typename Condition>
-bool Eventually(Condition condition, absl::Duration timeout = absl::Seconds(30)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
-
 v1::GenerateRequest Greedy(const std::string& prompt, int max_new_tokens) {
   v1::GenerateRequest request;
   request.set_prompt(prompt);

@@ -33,6 +33,7 @@ grpc::Status FakePrefillService::Prefill(grpc::ServerContext* context,
     std::lock_guard<std::mutex> lock(mu_);
     options = options_;
     ++calls_;
+    last_token_ids_.assign(request->token_ids().begin(), request->token_ids().end());
   }
   const ModelConfig& config = model_->config();
   const int kv_width = config.num_kv_heads * config.head_dim;
@@ -152,6 +153,11 @@ void FakePrefillService::Release() {
 int FakePrefillService::calls() const {
   std::lock_guard<std::mutex> lock(mu_);
   return calls_;
+}
+
+std::vector<int32_t> FakePrefillService::last_token_ids() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_token_ids_;
 }
 
 absl::StatusOr<std::unique_ptr<FakePrefillServer>> FakePrefillServer::Start(

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <grpcpp/server.h>
 
@@ -56,6 +57,8 @@ class FakePrefillService final : public v1::PrefillService::Service {
   // Lets held streams go on (and later ones pass).
   void Release();
   int calls() const;
+  // The token ids of the latest Prefill request.
+  std::vector<int32_t> last_token_ids() const;
 
  private:
   ServingModel* const model_;
@@ -67,6 +70,7 @@ class FakePrefillService final : public v1::PrefillService::Service {
   bool released_ = false;
   int held_ = 0;
   int calls_ = 0;
+  std::vector<int32_t> last_token_ids_;
 };
 
 // The service on 127.0.0.1:<free port> with its own model.

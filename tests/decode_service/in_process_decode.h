@@ -13,6 +13,7 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "decode_service/decode_server.h"
 #include "decode_service/engine.h"
@@ -78,6 +79,19 @@ GenerateOutcome RunGenerate(v1::GenerateService::Stub& stub, const v1::GenerateR
 
 // Threads of this process, from /proc/self/status.
 int ProcessThreadCount();
+
+// Polls `condition` for up to `timeout`: for state the server updates after
+// the client has already seen the stream end (blocks are freed by the engine
+// thread, threads exit on their own schedule).
+template <typename Condition>
+bool Eventually(Condition condition, absl::Duration timeout = absl::Seconds(30)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
 
 }  // namespace pdserve
 
