@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -341,6 +342,107 @@ TEST_F(EngineTest, ShutdownEndsEveryRequestWithUnavailable) {
   RecordingObserver late;
   EXPECT_EQ(engine_->Submit(Request("Mom said", 4), &late).status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+TEST_F(EngineTest, ARequestsExtraEosIdsEndItWithEosUnlessIgnored) {
+  MakeEngine();  // the engine's EOS ids: generation_config.json's alone
+  const std::vector<int32_t> lily = model_->tokenizer().Encode("Lily", /*add_bos=*/false);
+  ASSERT_EQ(lily.size(), 1u);
+  GenerationRequest request = Request("Once upon a time", 64);
+  request.extra_eos_token_ids = {lily[0]};
+  RecordingObserver stopped;
+  ASSERT_TRUE(engine_->Submit(request, &stopped).ok());
+  ASSERT_TRUE(stopped.WaitDone());
+  ASSERT_TRUE(stopped.status().ok()) << stopped.status();
+  EXPECT_EQ(stopped.token_ids().back(), lily[0]);
+  EXPECT_TRUE(stopped.events().back().is_eos);
+  EXPECT_EQ(stopped.summary()->reason, FinishReason::kEos);
+
+  request.ignore_eos = true;
+  RecordingObserver through;
+  ASSERT_TRUE(engine_->Submit(request, &through).ok());
+  ASSERT_TRUE(through.WaitDone());
+  EXPECT_EQ(through.token_ids().size(), 64u);
+  EXPECT_EQ(through.summary()->reason, FinishReason::kLength);
+}
+
+TEST_F(EngineTest, SamplesOfOneRequestEachEndOnceAndTheLastEndsTheRequest) {
+  MakeEngine(/*num_blocks=*/64, /*block_size=*/4);
+  GenerationRequest request = Request("Once upon a time", 12);
+  request.ignore_eos = true;
+  request.sampling.temperature = 1.0f;
+  request.sampling.seed = 77;
+  request.num_samples = 3;
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(request, &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  ASSERT_TRUE(observer.status().ok()) << observer.status();
+  const std::vector<TokenEvent> events = observer.events();
+  ASSERT_EQ(events.size(), 36u);
+  std::map<int, std::vector<int32_t>> tokens;
+  std::map<int, std::string> texts;
+  int finals = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const TokenEvent& event = events[i];
+    EXPECT_EQ(event.index, static_cast<int>(tokens[event.sample_index].size()));
+    tokens[event.sample_index].push_back(event.token_id);
+    texts[event.sample_index] += event.text;
+    EXPECT_EQ(event.ends_request, i + 1 == events.size());
+    if (event.finish.has_value()) {
+      ++finals;
+      EXPECT_EQ(event.finish->generated_tokens, 12);
+      EXPECT_EQ(event.finish->total_generated_tokens, event.ends_request ? 36 : 0);
+    }
+  }
+  EXPECT_EQ(finals, 3);
+  ASSERT_EQ(tokens.size(), 3u);
+  for (const auto& [index, ids] : tokens) {
+    // Each sample's text is its own ids' text after the prompt.
+    std::vector<int32_t> all = request.prompt;
+    all.insert(all.end(), ids.begin(), ids.end());
+    EXPECT_EQ(texts[index], Text(all).substr(Text(request.prompt).size())) << index;
+  }
+  EXPECT_EQ(observer.terminal_calls(), 1);
+  EXPECT_EQ(observer.calls_after_terminal(), 0);
+  EXPECT_EQ(cache_->num_free_blocks(), 64);
+}
+
+TEST_F(EngineTest, ForksWithoutABlockForTheirCopyEndWithLengthAndFreeEverything) {
+  // "Once upon a time" is 5 tokens: 2 blocks of 4 (the second holds token 4
+  // and the first new token's slot). The 4 samples share both; writing the
+  // first new token (position 5) into the shared second block needs a copy,
+  // and the pool has no third block. Samples 0..2 in turn find the block
+  // still shared and end after 1 token; sample 3 is then its only holder,
+  // writes in place and grows until position 8 needs a third block:
+  // positions 5, 6, 7 plus the token that needs no slot = 4 tokens.
+  MakeEngine(/*num_blocks=*/2, /*block_size=*/4);
+  GenerationRequest request = Request("Once upon a time", 100);
+  ASSERT_EQ(request.prompt.size(), 5u);
+  request.ignore_eos = true;
+  request.num_samples = 4;
+  RecordingObserver observer;
+  ASSERT_TRUE(engine_->Submit(request, &observer).ok());
+  ASSERT_TRUE(observer.WaitDone());
+  ASSERT_TRUE(observer.status().ok()) << observer.status();
+  std::map<int, int> generated;
+  for (const TokenEvent& event : observer.events()) {
+    if (!event.finish.has_value()) continue;
+    EXPECT_EQ(event.finish->reason, FinishReason::kLength);
+    generated[event.sample_index] = event.finish->generated_tokens;
+  }
+  EXPECT_EQ(generated, (std::map<int, int>{{0, 1}, {1, 1}, {2, 1}, {3, 4}}));
+  EXPECT_EQ(cache_->num_free_blocks(), 2);
+}
+
+TEST_F(EngineTest, MoreSamplesThanTheBatchIsRejectedAtOnce) {
+  MakeEngine(512, 16, /*max_batch_size=*/4);
+  GenerationRequest request = Request("Once upon a time", 4);
+  request.num_samples = 5;
+  RecordingObserver observer;
+  absl::StatusOr<Engine::RequestId> id = engine_->Submit(request, &observer);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(id.status().message(), HasSubstr("--max_batch_size"));
+  EXPECT_EQ(cache_->num_free_blocks(), 512);
 }
 
 }  // namespace

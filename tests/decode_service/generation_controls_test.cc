@@ -7,7 +7,6 @@
 // pool returns to its starting level.
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -19,7 +18,6 @@
 #include <gmock/gmock.h>
 #include <grpcpp/client_context.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "decode_service/engine.h"
 #include "tests/decode_service/fake_prefill_service.h"
@@ -525,48 +523,18 @@ TEST_F(GenerationControlsTest, MessagesWithoutAKnownChatFormatNameTheModel) {
   EXPECT_EQ(plain.token_ids(), golden_.greedy_tokens);
 }
 
-// A Phi-3-shaped random checkpoint whose tokenizer_config.json carries
-// Phi-3-mini's real chat template, and whose generation_config.json lists
-// only <|endoftext|> as EOS.
-absl::Status WritePhi3ChatCheckpoint(const std::string& dir) {
-  absl::Status written = WriteRandomCheckpoint(dir, Phi3Tiny());
-  if (!written.ok()) return written;
-  std::ifstream template_file(TestDataDir() + "/chat_templates/phi3_mini_4k_instruct.jinja");
-  const std::string chat_template((std::istreambuf_iterator<char>(template_file)),
-                                  std::istreambuf_iterator<char>());
-  if (chat_template.empty()) return absl::NotFoundError("phi3_mini_4k_instruct.jinja");
-  std::ifstream config_in(dir + "/tokenizer_config.json");
-  nlohmann::json config = nlohmann::json::parse(config_in);
-  config["chat_template"] = chat_template;
-  std::ofstream(dir + "/tokenizer_config.json") << config.dump(1);
-  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 32000})";
-  return absl::OkStatus();
-}
-
 TEST_F(GenerationControlsTest, ChatMessagesReachThePrefillAsPhi3ChatIds) {
   TempDir dir;
   ASSERT_TRUE(WritePhi3ChatCheckpoint(dir.path()).ok());
   StartDecode(InProcessDecodeOptions(), dir.path());
 
-  std::ifstream golden_file(TestDataDir() + "/golden/phi3_chat_ids.json");
-  const nlohmann::json golden = nlohmann::json::parse(golden_file);
-  const nlohmann::json* three_turn = nullptr;
-  for (const nlohmann::json& entry : golden["cases"]) {
-    if (entry["conversation"] == "three_turn" && entry["add_generation_prompt"] == true) {
-      three_turn = &entry;
-    }
-  }
-  ASSERT_NE(three_turn, nullptr);
-  v1::GenerateRequest request;
-  for (const nlohmann::json& m : (*three_turn)["messages"]) {
-    v1::ChatMessage* message = request.mutable_messages()->add_messages();
-    message->set_role(m["role"].get<std::string>());
-    message->set_content(m["content"].get<std::string>());
-  }
+  absl::StatusOr<GoldenChat> golden = LoadPhi3ThreeTurnChat();
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  v1::GenerateRequest request = ChatRequest(*golden);
   request.mutable_stopping()->set_max_new_tokens(3);
   const GenerateOutcome outcome = Run(request);
   ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
-  const std::vector<int32_t> expected = (*three_turn)["ids"].get<std::vector<int32_t>>();
+  const std::vector<int32_t>& expected = golden->ids;
   EXPECT_EQ(fake_->service().last_token_ids(), expected);
   EXPECT_EQ(outcome.responses.back().usage().prompt_tokens(), static_cast<int>(expected.size()));
   // Greedy stops at the first end-of-turn id, or runs to max_new_tokens.

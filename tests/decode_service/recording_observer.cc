@@ -7,10 +7,10 @@ void RecordingObserver::OnToken(const TokenEvent& event) {
     std::lock_guard<std::mutex> lock(mu_);
     if (terminal_calls_ > 0) ++calls_after_terminal_;
     events_.push_back(event);
-    if (!event.finish.has_value()) cv_.notify_all();
+    if (!event.ends_request) cv_.notify_all();
   }
   if (on_token) on_token(event);
-  if (event.finish.has_value()) {
+  if (event.ends_request) {
     // Last: a waiter may destroy this object as soon as the lock is released.
     std::lock_guard<std::mutex> lock(mu_);
     ++terminal_calls_;

@@ -1,5 +1,12 @@
 #include "tests/decode_service/test_models.h"
 
+#include <fstream>
+#include <iterator>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/testing/test_paths.h"
+
 namespace pdserve {
 
 RandomCheckpointOptions SmallLlamaCheckpoint() {
@@ -22,6 +29,57 @@ const std::vector<std::string>& StoryPrompts() {
       "Once upon a time",    "The little dog", "Lily and Tom went to", "One day, a big bird",
       "The sun was hot and", "Mom said",       "There was a tree",     "Ben liked to play with his"};
   return *prompts;
+}
+
+absl::Status WritePhi3ChatCheckpoint(const std::string& dir) {
+  absl::Status written = WriteRandomCheckpoint(dir, Phi3Tiny());
+  if (!written.ok()) return written;
+  const std::string template_path =
+      TestDataDir() + "/chat_templates/phi3_mini_4k_instruct.jinja";
+  std::ifstream template_file(template_path);
+  const std::string chat_template((std::istreambuf_iterator<char>(template_file)),
+                                  std::istreambuf_iterator<char>());
+  if (chat_template.empty()) return absl::NotFoundError("cannot read " + template_path);
+  std::ifstream config_in(dir + "/tokenizer_config.json");
+  nlohmann::json config = nlohmann::json::parse(config_in, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) return absl::InternalError("bad tokenizer_config.json in " + dir);
+  config["chat_template"] = chat_template;
+  std::ofstream(dir + "/tokenizer_config.json") << config.dump(1);
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 32000})";
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GoldenChat> LoadPhi3ThreeTurnChat() {
+  const std::string path = TestDataDir() + "/golden/phi3_chat_ids.json";
+  std::ifstream file(path);
+  const nlohmann::json golden = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+  if (!golden.is_object() || !golden.contains("cases")) {
+    return absl::NotFoundError("cannot read " + path);
+  }
+  for (const nlohmann::json& entry : golden["cases"]) {
+    if (entry.value("conversation", "") != "three_turn" ||
+        !entry.value("add_generation_prompt", false)) {
+      continue;
+    }
+    GoldenChat chat;
+    for (const nlohmann::json& message : entry["messages"]) {
+      chat.messages.emplace_back(message["role"].get<std::string>(),
+                                 message["content"].get<std::string>());
+    }
+    chat.ids = entry["ids"].get<std::vector<int32_t>>();
+    return chat;
+  }
+  return absl::NotFoundError(path + ": no three_turn case with add_generation_prompt");
+}
+
+v1::GenerateRequest ChatRequest(const GoldenChat& chat) {
+  v1::GenerateRequest request;
+  for (const auto& [role, content] : chat.messages) {
+    v1::ChatMessage* message = request.mutable_messages()->add_messages();
+    message->set_role(role);
+    message->set_content(content);
+  }
+  return request;
 }
 
 }  // namespace pdserve
