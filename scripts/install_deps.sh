@@ -9,7 +9,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsentencepiece-dev nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev
-  prometheus-cpp-dev  # shared/metrics.cc: registry, text format, /metrics HTTP (civetweb)
+  prometheus-cpp-dev  # shared/metrics.cc: metric registry and text exposition format
   python3 python3-numpy python3-grpcio python3-protobuf python3-grpc-tools
   python3-sentencepiece python3-jinja2  # tests/reference/chat_reference.py
 )

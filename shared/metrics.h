@@ -1,11 +1,16 @@
 // Service metrics in the Prometheus text exposition format (version 0.0.4),
 // served over HTTP at GET /metrics.
 //
-// A thin layer over Debian's prometheus-cpp (core for the registry and the
-// text serializer, pull for the HTTP exposer on civetweb): the services see
-// only these types, never prometheus-cpp's headers, and no prometheus-cpp
-// exception crosses this file. Built as its own target, `pdserve_metrics`,
-// only with the services (the GPU check build has no prometheus-cpp).
+// A thin layer over Debian's prometheus-cpp core (registry, metric types and
+// the text serializer): the services see only these types, never
+// prometheus-cpp's headers, and no prometheus-cpp exception crosses this
+// file. The HTTP endpoint is our own small server, not prometheus-cpp's pull
+// exposer: Debian's civetweb runs its threads on ~100 KiB stacks, and in a
+// process that links OpenBLAS (libgfortran loads libquadmath, which registers
+// printf hooks, so every printf takes glibc's stack-hungry positional path)
+// its first snprintf overflows them. Built as its own target,
+// `pdserve_metrics`, only with the services (the GPU check build has no
+// prometheus-cpp).
 //
 // Conventions (https://prometheus.io/docs/practices/naming/): names are
 // `pdserve_<service>_<what>[_<unit>]`, counters end in `_total`; durations are
@@ -24,7 +29,6 @@
 
 namespace prometheus {
 class Counter;
-class Exposer;
 class Gauge;
 class Histogram;
 class Registry;
@@ -120,17 +124,18 @@ class MetricsRegistry {
   std::string RenderText() const;
 
  private:
-  friend class MetricsHttpServer;
   class HookedCollectable;
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<HookedCollectable> collectable_;
 };
 
-// A small HTTP/1.1 server (civetweb, through prometheus-cpp's exposer) on its
-// own threads, answering GET /metrics with `registry`'s text exposition
-// (Content-Type: text/plain; version=0.0.4). It also reports its own scrape
-// counters (`exposer_*`).
+// A small HTTP/1.1 server on one thread of its own, answering GET /metrics
+// with `registry`'s text exposition (Content-Type: text/plain;
+// version=0.0.4), 404 for other paths and 405 for other methods. One
+// connection at a time, "Connection: close" after each answer; a client gets
+// 5 s to send its request. Meant for a Prometheus scraper or a curl now and
+// then, not for load.
 class MetricsHttpServer {
  public:
   // Listens on `listen`, "IP:PORT" with an IPv4 literal or "[IPv6]:PORT";
@@ -140,7 +145,8 @@ class MetricsHttpServer {
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
       const std::string& listen, MetricsRegistry* registry,
       const std::string& flag_name = "--metrics_listen");
-  // Stops serving and joins the server's threads.
+  // Stops serving (a request in progress is finished first) and joins the
+  // server's thread.
   ~MetricsHttpServer();
   MetricsHttpServer(const MetricsHttpServer&) = delete;
   MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
@@ -148,8 +154,9 @@ class MetricsHttpServer {
   int port() const { return port_; }
 
  private:
+  class Loop;
   MetricsHttpServer() = default;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<Loop> loop_;
   int port_ = 0;
 };
 

@@ -12,10 +12,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "decode_service/decode_metrics.h"
 #include "decode_service/kv_cache_sizing.h"
 #include "decode_service/prefill_target.h"
 #include "decode_service/serving_model.h"
 #include "shared/kv_cache.h"
+#include "shared/metrics.h"
 #include "tests/decode_service/fake_prefill_service.h"
 #include "tests/decode_service/test_models.h"
 #include "tests/testing/test_paths.h"
@@ -45,13 +47,17 @@ class PrefillClientTest : public ::testing::Test {
     prompt_ = model_->tokenizer().Encode("Once upon a time, in a big forest", true);
   }
 
-  std::unique_ptr<PrefillClient> MakeClient(const std::string& addresses) {
+  std::unique_ptr<PrefillClient> MakeClient(const std::string& addresses,
+                                            DecodeMetrics* metrics = nullptr,
+                                            int max_attempts = 3) {
     absl::StatusOr<std::vector<std::string>> split = SplitPrefillTargets(addresses);
     EXPECT_TRUE(split.ok());
     absl::StatusOr<std::string> target = PrefillChannelTarget(*split);
     EXPECT_TRUE(target.ok()) << target.status();
     PrefillClientOptions options;
     options.channel_target = *target;
+    options.metrics = metrics;
+    options.max_attempts = max_attempts;
     return std::make_unique<PrefillClient>(
         options, PrefillExpectation::For(model_->config(), model_->fingerprint()));
   }
@@ -247,6 +253,117 @@ TEST_F(PrefillClientTest, RoundRobinSpreadsPrefillsOverEveryTarget) {
   EXPECT_GE(fake_->service().calls(), 1);
   EXPECT_GE((*second)->service().calls(), 1);
   EXPECT_EQ(fake_->service().calls() + (*second)->service().calls(), runs);
+}
+
+// The fake that holds a stream (kHoldAfterFirstChunk) among `fakes`, waiting
+// up to 30 s for one to.
+FakePrefillServer* WaitForHeldOn(const std::vector<FakePrefillServer*>& fakes) {
+  for (int i = 0; i < 3000; ++i) {
+    for (FakePrefillServer* fake : fakes) {
+      if (fake->service().WaitForHeld(absl::Milliseconds(5))) return fake;
+    }
+  }
+  return nullptr;
+}
+
+// An instance dying mid-stream: the job is retried on the other instance,
+// which rewrites the whole lease, so the KV ends up exactly as a clean
+// prefill's; the retry is counted.
+TEST_F(PrefillClientTest, StreamDyingMidwayFailsOverToAnotherInstance) {
+  absl::StatusOr<std::unique_ptr<FakePrefillServer>> second =
+      FakePrefillServer::Start(Stories260KDir());
+  ASSERT_TRUE(second.ok()) << second.status();
+  FakePrefillOptions hold;
+  hold.fault = PrefillFault::kHoldAfterFirstChunk;
+  fake_->service().set_options(hold);
+  (*second)->service().set_options(hold);
+  MetricsRegistry registry;
+  DecodeMetrics metrics(&registry);
+  std::unique_ptr<PrefillClient> client =
+      MakeClient(fake_->address() + "," + (*second)->address(), &metrics);
+
+  auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(lease.ok());
+  Run run = StartPrefill(*client, lease->get());
+  FakePrefillServer* first_held = WaitForHeldOn({fake_.get(), second->get()});
+  ASSERT_NE(first_held, nullptr);
+  FakePrefillServer* other = first_held == fake_.get() ? second->get() : fake_.get();
+  first_held->Kill();
+  // The retry reaches the survivor, which holds it too until released.
+  ASSERT_TRUE(other->service().WaitForHeld(absl::Seconds(30)));
+  other->service().Release();
+  absl::StatusOr<PrefillResult> result = run.result.get();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(other->service().calls(), 1);
+  EXPECT_EQ(registry.AddCounter("pdserve_decode_prefill_retries_total", "").value(), 1);
+
+  // The same prompt through a clean stream into a fresh lease.
+  auto clean = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(clean.ok());
+  absl::StatusOr<PrefillResult> reference = StartPrefill(*client, clean->get()).result.get();
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  EXPECT_EQ(result->final_hidden, reference->final_hidden);
+  const ModelConfig& config = model_->config();
+  const int n = static_cast<int>(prompt_.size());
+  const size_t width = static_cast<size_t>(config.num_kv_heads) * config.head_dim;
+  for (int layer = 0; layer < config.num_layers; ++layer) {
+    std::vector<float> k(n * width), v(n * width), ref_k(n * width), ref_v(n * width);
+    ASSERT_TRUE(cache_->ReadTokens(**lease, layer, 0, n, k.data(), v.data()).ok());
+    ASSERT_TRUE(cache_->ReadTokens(**clean, layer, 0, n, ref_k.data(), ref_v.data()).ok());
+    EXPECT_EQ(k, ref_k) << "layer " << layer;
+    EXPECT_EQ(v, ref_v) << "layer " << layer;
+  }
+  lease->reset();
+  clean->reset();
+  EXPECT_EQ(cache_->num_free_blocks(), cache_->num_blocks());
+}
+
+// With every instance gone the job ends UNAVAILABLE after max_attempts
+// streams, naming the flag.
+TEST_F(PrefillClientTest, FailoverGivesUpAfterMaxAttempts) {
+  FakePrefillOptions hold;
+  hold.fault = PrefillFault::kHoldAfterFirstChunk;
+  fake_->service().set_options(hold);
+  MetricsRegistry registry;
+  DecodeMetrics metrics(&registry);
+  std::unique_ptr<PrefillClient> client = MakeClient(fake_->address(), &metrics, 2);
+  auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(lease.ok());
+  Run run = StartPrefill(*client, lease->get());
+  ASSERT_TRUE(fake_->service().WaitForHeld(absl::Seconds(30)));
+  fake_->Kill();
+  absl::StatusOr<PrefillResult> result = run.result.get();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("--prefill_max_attempts 2"));
+  EXPECT_EQ(registry.AddCounter("pdserve_decode_prefill_retries_total", "").value(), 1);
+  lease->reset();
+  EXPECT_EQ(cache_->num_free_blocks(), cache_->num_blocks());
+}
+
+// A cancel while the retried stream runs ends the job CANCELLED, with no
+// further attempt.
+TEST_F(PrefillClientTest, CancelDuringFailoverIsCancelled) {
+  absl::StatusOr<std::unique_ptr<FakePrefillServer>> second =
+      FakePrefillServer::Start(Stories260KDir());
+  ASSERT_TRUE(second.ok()) << second.status();
+  FakePrefillOptions hold;
+  hold.fault = PrefillFault::kHoldAfterFirstChunk;
+  fake_->service().set_options(hold);
+  (*second)->service().set_options(hold);
+  std::unique_ptr<PrefillClient> client = MakeClient(fake_->address() + "," + (*second)->address());
+  auto lease = cache_->Allocate(static_cast<int>(prompt_.size()) + 1);
+  ASSERT_TRUE(lease.ok());
+  Run run = StartPrefill(*client, lease->get());
+  FakePrefillServer* first_held = WaitForHeldOn({fake_.get(), second->get()});
+  ASSERT_NE(first_held, nullptr);
+  FakePrefillServer* other = first_held == fake_.get() ? second->get() : fake_.get();
+  first_held->Kill();
+  ASSERT_TRUE(other->service().WaitForHeld(absl::Seconds(30)));
+  run.call->Cancel();
+  EXPECT_EQ(run.result.get().status().code(), absl::StatusCode::kCancelled);
+  other->service().Release();
+  lease->reset();
+  EXPECT_EQ(cache_->num_free_blocks(), cache_->num_blocks());
 }
 
 }  // namespace

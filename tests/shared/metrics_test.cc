@@ -152,7 +152,8 @@ TEST(MetricsHttpServerTest, ServesMetricsOverHttp) {
 
 TEST(MetricsHttpServerTest, RejectsAddressWithoutPort) {
   MetricsRegistry registry;
-  for (const char* listen : {"127.0.0.1", "127.0.0.1:", "127.0.0.1:http"}) {
+  for (const char* listen : {"127.0.0.1", "127.0.0.1:", "127.0.0.1:http", "localhost:0",
+                             "127.0.0.1:70000"}) {
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
         MetricsHttpServer::Start(listen, &registry, "--metrics_listen");
     EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument) << listen;
