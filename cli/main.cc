@@ -1,9 +1,12 @@
-// pdserve-cli: a command-line client for pdserve.v1.GenerateService.
+// pdserve-cli: a command-line client for pdserve.v1.GenerateService and
+// InspectService.
 //
 //   pdserve-cli generate --target ADDR --prompt TEXT [--max_new_tokens N]
 //               [--temperature T] [--top_k K] [--top_p P] [--seed S]
 //   pdserve-cli tokenize --target ADDR --text TEXT
 //   pdserve-cli info     --target ADDR
+//   pdserve-cli inspect  --target ADDR --prompt TEXT [--top_k 5] [--layers 0,3]
+//               [--positions -1]
 //
 // generate prints the prompt, then the text as it streams, then a line
 //   [ttft 12.3 ms | 16 tokens | 512.0 tokens/s | finish: length]
@@ -37,7 +40,9 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/inspect_format.h"
 #include "pdserve/v1/generate.grpc.pb.h"
+#include "pdserve/v1/inspect.grpc.pb.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50052", "Decode service address, HOST:PORT");
 ABSL_FLAG(std::string, prompt, "", "generate: the prompt text");
@@ -50,6 +55,10 @@ ABSL_FLAG(float, repetition_penalty, 1.0f, "generate: > 0; 1 = off");
 ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (same seed, same tokens); -1 = random");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past the end-of-sequence token");
 ABSL_FLAG(bool, echo_prompt, true, "generate: print the prompt before the continuation");
+ABSL_FLAG(std::string, layers, "",
+          "inspect: hidden states after these decoder layers, e.g. 0,3 (-1: embeddings output)");
+ABSL_FLAG(std::string, positions, "-1",
+          "inspect: prompt positions whose values to print, e.g. 0,-1 (negative from the end)");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(), "RPC deadline; 0 = none");
 
 namespace pdserve {
@@ -60,14 +69,19 @@ constexpr char kUsage[] =
     "  generate --target ADDR --prompt TEXT [--max_new_tokens N --temperature T --seed S\n"
     "           --top_k K --top_p P]\n"
     "  tokenize --target ADDR --text TEXT\n"
-    "  info     --target ADDR";
+    "  info     --target ADDR\n"
+    "  inspect  --target ADDR --prompt TEXT [--top_k 5 --layers 0,3 --positions -1]";
 
-std::unique_ptr<v1::GenerateService::Stub> NewStub() {
+std::shared_ptr<grpc::Channel> NewChannel() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  return v1::GenerateService::NewStub(grpc::CreateCustomChannel(
-      absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials(), args));
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+std::unique_ptr<v1::GenerateService::Stub> NewStub() {
+  return v1::GenerateService::NewStub(NewChannel());
 }
 
 void ApplyTimeout(grpc::ClientContext* context) {
@@ -178,6 +192,36 @@ int Info() {
   return 0;
 }
 
+// Inspect: one call, printed by FormatInspectResponse; --top_k 0 (the
+// flag's default for generate) leaves the server's default of 5.
+int Inspect() {
+  v1::InspectRequest request;
+  request.set_prompt(absl::GetFlag(FLAGS_prompt));
+  if (absl::GetFlag(FLAGS_top_k) > 0) request.set_top_k(absl::GetFlag(FLAGS_top_k));
+  absl::StatusOr<std::vector<int32_t>> layers = ParseIntList(absl::GetFlag(FLAGS_layers), "layers");
+  absl::StatusOr<std::vector<int32_t>> positions =
+      ParseIntList(absl::GetFlag(FLAGS_positions), "positions");
+  for (const absl::Status& status : {layers.status(), positions.status()}) {
+    if (!status.ok()) {
+      std::fprintf(stderr, "pdserve-cli: %s\nusage: %s\n", std::string(status.message()).c_str(),
+                   kUsage);
+      return 2;
+    }
+  }
+  request.mutable_hidden_state_layers()->Add(layers->begin(), layers->end());
+  request.mutable_hidden_positions()->Add(positions->begin(), positions->end());
+  request.set_include_values(!positions->empty());
+  v1::InspectResponse response;
+  grpc::ClientContext context;
+  ApplyTimeout(&context);
+  const grpc::Status status =
+      v1::InspectService::NewStub(NewChannel())->Inspect(&context, request, &response);
+  if (!status.ok()) return ReportError(status);
+  const std::string text = FormatInspectResponse(response);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  return 0;
+}
+
 }  // namespace
 }  // namespace pdserve
 
@@ -201,6 +245,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return pdserve::Generate();
   if (command == "tokenize") return pdserve::Tokenize();
   if (command == "info") return pdserve::Info();
+  if (command == "inspect") return pdserve::Inspect();
   std::fprintf(stderr, "pdserve-cli: unknown subcommand '%s'\nusage: %s\n", command.c_str(),
                pdserve::kUsage);
   return 2;

@@ -1,4 +1,4 @@
-// pdserve-decode: the public Generate service. Loads the model, checks every
+// pdserve-decode: the public Generate and Inspect services. Loads the model, checks every
 // prefill instance serves the same one, and serves until SIGINT/SIGTERM.
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +18,8 @@
 #include "decode_service/decode_metrics.h"
 #include "decode_service/decode_server.h"
 #include "decode_service/engine.h"
+#include "decode_service/inspect_client.h"
+#include "decode_service/inspect_server.h"
 #include "decode_service/kv_cache_sizing.h"
 #include "decode_service/prefill_client.h"
 #include "decode_service/prefill_target.h"
@@ -201,6 +203,15 @@ int Run(const StopSignals& stop_signals) {
   limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   limits.max_samples = absl::GetFlag(FLAGS_max_samples);
   DecodeServer service(model->get(), &engine, limits, &metrics);
+  // Inspect: hidden states from a prefill instance over its own client.
+  InspectPrefillClient inspect_prefill(prefill_options,
+                                       PrefillExpectation::For(config, (*model)->fingerprint()));
+  absl::StatusOr<std::unique_ptr<InspectServer>> inspect = InspectServer::Create(
+      model->get(), &inspect_prefill, absl::Milliseconds(absl::GetFlag(FLAGS_prefill_timeout_ms)));
+  if (!inspect.ok()) {
+    LOG(ERROR) << "cannot describe the model for Inspect: " << inspect.status();
+    return 1;
+  }
 
   // After the engine and the cache it samples, so it stops before they go.
   metrics.SampleAtCollection(&engine, cache->get());
@@ -223,6 +234,7 @@ int Run(const StopSignals& stop_signals) {
   GrpcServerOptions server_options;
   server_options.listen = absl::GetFlag(FLAGS_listen);
   server_options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  server_options.more_services.push_back(inspect->get());
   int port = 0;
   absl::StatusOr<std::unique_ptr<grpc::Server>> server =
       StartGrpcServer(server_options, &service, &port);

@@ -33,6 +33,9 @@ class ServingModel {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   Backend& backend() { return *backend_; }
   Transformer& transformer() { return *transformer_; }
+  // The checkpoint's host tensors (memory-mapped): the tensor table, and
+  // weights read on the host (Inspect's lm_head).
+  const ModelWeights& weights() const { return weights_; }
   // Elements of every weight tensor of the checkpoint.
   int64_t parameter_count() const { return parameter_count_; }
 
