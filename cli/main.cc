@@ -2,7 +2,9 @@
 // InspectService.
 //
 //   pdserve-cli generate --target ADDR --prompt TEXT [--max_new_tokens N]
-//               [--temperature T] [--top_k K] [--top_p P] [--seed S]
+//               [--temperature T] [--top_k K] [--top_p P] [--min_p P] [--seed S]
+//               [--repetition_penalty R] [--presence_penalty P] [--frequency_penalty F]
+//               [--stop STRING]... [--ignore_eos] [--logprobs N] [--n N] [--chat]
 //   pdserve-cli tokenize --target ADDR --text TEXT
 //   pdserve-cli info     --target ADDR
 //   pdserve-cli inspect  --target ADDR --prompt TEXT [--top_k 5] [--layers 0,3]
@@ -12,15 +14,20 @@
 //   [ttft 12.3 ms | 16 tokens | 512.0 tokens/s | finish: length]
 // with the time to first token as this client saw it (call start to first
 // message) and the decode rate (tokens after the first over the time from
-// the first to the last). On an RPC error it prints the gRPC status code name
+// the first to the last). --logprobs adds one line per token after the text
+// (its logprob and N alternatives); --n N > 1 prints each sample as its own
+// block once the stream ends, and the finish reasons of all samples. --chat
+// sends --prompt (or stdin) as messages: [{"role":"user","content":"..."}]. On an RPC error it prints the gRPC status code name
 // and message on stderr and exits 1; 2 for a usage error.
 #include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <google/protobuf/text_format.h>
@@ -40,6 +47,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/generate_command.h"
 #include "cli/inspect_format.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/inspect.grpc.pb.h"
@@ -52,8 +60,19 @@ ABSL_FLAG(float, temperature, 0.0f, "generate: sampling temperature; 0 = greedy"
 ABSL_FLAG(int32_t, top_k, 0, "generate: keep the k most likely tokens; 0 = off");
 ABSL_FLAG(float, top_p, 1.0f, "generate: nucleus sampling mass in (0, 1]; 1 = off");
 ABSL_FLAG(float, repetition_penalty, 1.0f, "generate: > 0; 1 = off");
+ABSL_FLAG(float, min_p, 0.0f, "generate: keep tokens with p >= min_p * p_max, in [0, 1]; 0 = off");
+ABSL_FLAG(float, presence_penalty, 0.0f,
+          "generate: subtracted once from each generated token's logit, in [-2, 2]; 0 = off");
+ABSL_FLAG(float, frequency_penalty, 0.0f,
+          "generate: subtracted per occurrence among the generated tokens, in [-2, 2]; 0 = off");
 ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (same seed, same tokens); -1 = random");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past the end-of-sequence token");
+ABSL_FLAG(int32_t, logprobs, -1,
+          "generate: print each token's logprob and this many alternatives (0..20); -1 = off");
+ABSL_FLAG(int32_t, n, 1, "generate: samples of the prompt, printed separately");
+ABSL_FLAG(bool, chat, false,
+          "generate: --prompt (or stdin when empty) is a JSON list of messages "
+          "[{\"role\":\"user\",\"content\":\"...\"}]");
 ABSL_FLAG(bool, echo_prompt, true, "generate: print the prompt before the continuation");
 ABSL_FLAG(std::string, layers, "",
           "inspect: hidden states after these decoder layers, e.g. 0,3 (-1: embeddings output)");
@@ -67,7 +86,9 @@ namespace {
 constexpr char kUsage[] =
     "pdserve-cli SUBCOMMAND [flags]\n"
     "  generate --target ADDR --prompt TEXT [--max_new_tokens N --temperature T --seed S\n"
-    "           --top_k K --top_p P]\n"
+    "           --top_k K --top_p P --min_p P --repetition_penalty R --presence_penalty P\n"
+    "           --frequency_penalty F --stop STRING (repeatable) --ignore_eos --logprobs N\n"
+    "           --n N --chat]\n"
     "  tokenize --target ADDR --text TEXT\n"
     "  info     --target ADDR\n"
     "  inspect  --target ADDR --prompt TEXT [--top_k 5 --layers 0,3 --positions -1]";
@@ -100,57 +121,84 @@ int ReportError(const grpc::Status& status) {
   return 1;
 }
 
-// FINISH_REASON_LENGTH -> "length".
-std::string FinishName(v1::FinishReason reason) {
-  return absl::AsciiStrToLower(
-      absl::StripPrefix(v1::FinishReason_Name(reason), "FINISH_REASON_"));
+// All of stdin (the --chat messages when --prompt is empty).
+std::string ReadStdin() {
+  std::string text;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), stdin)) > 0) text.append(buffer, n);
+  return text;
 }
 
-int Generate() {
-  v1::GenerateRequest request;
-  request.set_prompt(absl::GetFlag(FLAGS_prompt));
-  v1::SamplingParams* sampling = request.mutable_sampling();
-  sampling->set_temperature(absl::GetFlag(FLAGS_temperature));
-  sampling->set_top_k(absl::GetFlag(FLAGS_top_k));
-  sampling->set_top_p(absl::GetFlag(FLAGS_top_p));
-  sampling->set_repetition_penalty(absl::GetFlag(FLAGS_repetition_penalty));
-  if (absl::GetFlag(FLAGS_seed) >= 0) {
-    sampling->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+int Generate(std::vector<std::string> stops) {
+  GenerateOptions options;
+  options.prompt = absl::GetFlag(FLAGS_prompt);
+  options.chat = absl::GetFlag(FLAGS_chat);
+  if (options.chat && options.prompt.empty()) options.prompt = ReadStdin();
+  options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  options.temperature = absl::GetFlag(FLAGS_temperature);
+  options.top_k = absl::GetFlag(FLAGS_top_k);
+  options.top_p = absl::GetFlag(FLAGS_top_p);
+  options.min_p = absl::GetFlag(FLAGS_min_p);
+  options.repetition_penalty = absl::GetFlag(FLAGS_repetition_penalty);
+  options.presence_penalty = absl::GetFlag(FLAGS_presence_penalty);
+  options.frequency_penalty = absl::GetFlag(FLAGS_frequency_penalty);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  options.stop = std::move(stops);
+  options.logprobs = absl::GetFlag(FLAGS_logprobs);
+  options.n = absl::GetFlag(FLAGS_n);
+  absl::StatusOr<v1::GenerateRequest> request = BuildGenerateRequest(options);
+  if (!request.ok()) {
+    std::fprintf(stderr, "pdserve-cli: %s\n", std::string(request.status().message()).c_str());
+    return 2;
   }
-  request.mutable_stopping()->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
-  request.mutable_stopping()->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
 
   auto stub = NewStub();
   grpc::ClientContext context;
   ApplyTimeout(&context);
-  const bool echo = absl::GetFlag(FLAGS_echo_prompt);
+  // A chat's "prompt" is JSON: not worth echoing.
+  const bool echo = absl::GetFlag(FLAGS_echo_prompt) && !options.chat;
+  // One sample streams as it comes; several would interleave, so they are
+  // printed one after the other at the end.
+  const bool streaming = options.n <= 1;
   if (echo) {
-    std::fputs(request.prompt().c_str(), stdout);
+    std::fputs(request->prompt().c_str(), stdout);
     std::fflush(stdout);
   }
   const absl::Time start = absl::Now();
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
-      stub->Generate(&context, request);
+      stub->Generate(&context, *request);
+  std::vector<v1::GenerateResponse> responses;
   v1::GenerateResponse response;
-  v1::GenerateResponse last;
-  int messages = 0;
   absl::Time first_at;
   absl::Time last_at;
   while (reader->Read(&response)) {
     last_at = absl::Now();
-    if (messages == 0) first_at = last_at;
-    ++messages;
-    std::fwrite(response.text().data(), 1, response.text().size(), stdout);
-    std::fflush(stdout);
-    last = std::move(response);
+    if (responses.empty()) first_at = last_at;
+    if (streaming) {
+      std::fwrite(response.text().data(), 1, response.text().size(), stdout);
+      std::fflush(stdout);
+    }
+    responses.push_back(std::move(response));
     response.Clear();
   }
   const grpc::Status status = reader->Finish();
-  if (messages > 0 || echo) std::fputc('\n', stdout);
+  const int messages = static_cast<int>(responses.size());
+  if ((streaming && messages > 0) || echo) std::fputc('\n', stdout);
   std::fflush(stdout);
   if (!status.ok()) return ReportError(status);
 
-  const int tokens = last.has_usage() ? last.usage().generated_tokens() : messages;
+  const std::map<int, SampleOutput> samples = GroupBySample(responses);
+  if (!streaming) {
+    std::fputs(FormatSamples(samples, options.logprobs).c_str(), stdout);
+  } else if (options.logprobs >= 0) {
+    for (const v1::GenerateResponse& r : responses) std::fputs(FormatLogprobLine(r).c_str(), stdout);
+  }
+  const v1::GenerateResponse last = messages > 0 ? responses.back() : v1::GenerateResponse();
+  const int tokens = last.usage().total_generated_tokens() > 0
+                         ? last.usage().total_generated_tokens()
+                         : (last.has_usage() ? last.usage().generated_tokens() : messages);
   std::string ttft = "-";
   std::string rate = "-";
   if (messages > 0) ttft = absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(first_at - start));
@@ -158,8 +206,12 @@ int Generate() {
   if (messages > 1 && last_at > first_at) {
     rate = absl::StrFormat("%.1f", (messages - 1) / absl::ToDoubleSeconds(last_at - first_at));
   }
+  std::vector<std::string> finishes;
+  for (const auto& [index, sample] : samples) finishes.push_back(sample.finish());
+  const std::string finish =
+      samples.size() > 1 ? absl::StrJoin(finishes, ",") : FinishName(last.finish_reason());
   std::printf("[ttft %s ms | %d tokens | %s tokens/s | finish: %s]\n", ttft.c_str(), tokens,
-              rate.c_str(), FinishName(last.finish_reason()).c_str());
+              rate.c_str(), finish.c_str());
   std::fflush(stdout);
   return 0;
 }
@@ -235,6 +287,13 @@ int main(int argc, char** argv) {
   // The flags follow the subcommand: parse them as if it were not there.
   std::vector<char*> args = {argv[0]};
   args.insert(args.end(), argv + 2, argv + argc);
+  // absl keeps only the last of a repeated flag: --stop is collected here.
+  absl::StatusOr<std::vector<std::string>> stops = pdserve::TakeRepeatedFlag(args, "stop");
+  if (!stops.ok()) {
+    std::fprintf(stderr, "pdserve-cli: %s\nusage: %s\n",
+                 std::string(stops.status().message()).c_str(), pdserve::kUsage);
+    return 2;
+  }
   const std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() > 1) {
@@ -242,7 +301,7 @@ int main(int argc, char** argv) {
                  pdserve::kUsage);
     return 2;
   }
-  if (command == "generate") return pdserve::Generate();
+  if (command == "generate") return pdserve::Generate(std::move(*stops));
   if (command == "tokenize") return pdserve::Tokenize();
   if (command == "info") return pdserve::Info();
   if (command == "inspect") return pdserve::Inspect();
