@@ -223,13 +223,32 @@ IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer,
       prefix_offset_(0),
       read_offset_(context.size()) {}
 
+namespace {
+
+// Decode(ids[*prefix_offset, read_offset)), first moving *prefix_offset back
+// while that text is empty. SentencePiece drops the leading "▁" of every
+// piece until some text has come out, so a window whose prefix renders
+// nothing (a lone "▁" piece, a control id) would also swallow the space of
+// the first new piece, which Decode of the whole sequence keeps. With text
+// in front, every new piece decodes as in the whole sequence.
+std::string NonEmptyPrefix(const Tokenizer& tokenizer, std::span<const int32_t> ids,
+                           size_t* prefix_offset, size_t read_offset) {
+  std::string text = tokenizer.Decode(ids.subspan(*prefix_offset, read_offset - *prefix_offset));
+  while (text.empty() && *prefix_offset > 0) {
+    --*prefix_offset;
+    text = tokenizer.Decode(ids.subspan(*prefix_offset, read_offset - *prefix_offset));
+  }
+  return text;
+}
+
+}  // namespace
+
 std::string IncrementalDetokenizer::Push(int32_t id) {
   ids_.push_back(id);
   const std::span<const int32_t> all(ids_);
   // The window starts at prefix_offset_ so that both decodes drop the same
   // leading space; their difference is what the new ids add.
-  const std::string prefix_text =
-      tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  const std::string prefix_text = NonEmptyPrefix(*tokenizer_, all, &prefix_offset_, read_offset_);
   const std::string new_text = tokenizer_->Decode(all.subspan(prefix_offset_));
   if (new_text.size() <= prefix_text.size() || EndsWithReplacementCharacter(new_text)) {
     return std::string();  // nothing yet, or a character still incomplete
@@ -242,8 +261,7 @@ std::string IncrementalDetokenizer::Push(int32_t id) {
 std::string IncrementalDetokenizer::Flush() {
   if (read_offset_ == ids_.size()) return std::string();
   const std::span<const int32_t> all(ids_);
-  const std::string prefix_text =
-      tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  const std::string prefix_text = NonEmptyPrefix(*tokenizer_, all, &prefix_offset_, read_offset_);
   const std::string new_text = tokenizer_->Decode(all.subspan(prefix_offset_));
   prefix_offset_ = read_offset_;
   read_offset_ = ids_.size();
