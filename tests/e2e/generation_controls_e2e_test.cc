@@ -6,7 +6,6 @@
 // sequence, the prefill's /metrics, the published greedy text of stories260K,
 // and Hugging Face's Phi-3 chat ids (tests/data/golden/phi3_chat_ids.json).
 #include <stdio.h>
-#include <sys/wait.h>
 
 #include <map>
 #include <memory>
@@ -95,17 +94,6 @@ Outcome Call(v1::GenerateService::Stub& stub, const v1::GenerateRequest& request
   return outcome;
 }
 
-// Runs a shell command; returns its exit status and stdout+stderr.
-int RunCommand(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output->append(buffer, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 // Strict UTF-8 (RFC 3629): no overlong forms, surrogates or code points
 // above U+10FFFF, and no character cut at the end.
 bool IsStrictUtf8(const std::string& text) {
@@ -187,7 +175,7 @@ class GenerationControlsE2eTest : public ::testing::Test {
 
   std::string Cli(const std::string& flags, int* code) {
     std::string output;
-    *code = RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " generate --target ",
+    *code = e2e::RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " generate --target ",
                                     deployment_->decode.process->address(),
                                     " --timeout 120s ", flags),
                        &output);
@@ -357,7 +345,7 @@ TEST(Phi3ChatE2eTest, MessagesThroughBothServicesAndTheCli) {
   fputs(json.c_str(), file);
   fclose(file);
   std::string output;
-  const int code = RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " generate --target ",
+  const int code = e2e::RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " generate --target ",
                                            deployment->decode.process->address(),
                                            " --chat --max_new_tokens 2 --timeout 120s < ",
                                            json_path),

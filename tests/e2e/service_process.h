@@ -88,6 +88,11 @@ class ServiceProcess {
   absl::Status stop_status_;
 };
 
+// Runs `command` with /bin/sh (stderr joined to stdout); returns its exit
+// status (-1 when it did not exit normally) and appends its output to
+// `*output`. For tests that drive pdserve-cli.
+int RunCommand(const std::string& command, std::string* output);
+
 // Calls grpc.health.v1.Health/Check("") on `channel` until it answers
 // SERVING or `timeout` passes. DEADLINE_EXCEEDED with the last answer or RPC
 // error otherwise.
