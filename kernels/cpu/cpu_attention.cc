@@ -1,58 +1,109 @@
 // Attention kernels of the CPU backend: causal prefill over contiguous K/V
 // (two sgemm calls per head and query chunk) and paged decode attention
-// (loops over each sequence's blocks, heads of one KV group together).
-//
-// softmax(s)_j = exp(s_j - max s) / Σ exp(s_i - max s): subtracting the
-// maximum keeps every exponent <= 0, so nothing overflows in float32.
+// (one work item per sequence and KV head, the heads of one KV group
+// together, spread over the backend's threads).
 #include <cblas.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <functional>
-#include <thread>
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/cpu_math.h"
 
 namespace pdserve::cpu {
 namespace {
 
-// In-place numerically stable softmax of s[0, n).
-void Softmax(float* s, int n) {
-  float max_value = s[0];
-  for (int j = 1; j < n; ++j) max_value = std::max(max_value, s[j]);
-  float sum = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    s[j] = std::exp(s[j] - max_value);
-    sum += s[j];
+// One work item of PagedAttention: `group` query heads q [group, hd] over
+// the same `context` cached keys and values (rows of hd floats, each
+// anywhere in the cache), into out [group, hd]. scores: [group, context]
+// scratch.
+struct GroupAttention {
+  const float* q;
+  const float* const* k_rows;
+  const float* const* v_rows;
+  int context;
+  int group;
+  int head_dim;
+  float scale;
+  float* scores;
+  float* out;
+};
+
+void AttendGroupScalar(const GroupAttention& a) {
+  const int hd = a.head_dim;
+  for (int i = 0; i < a.group; ++i) {
+    const float* q_head = a.q + static_cast<size_t>(i) * hd;
+    float* scores = a.scores + static_cast<size_t>(i) * a.context;
+    for (int j = 0; j < a.context; ++j) {
+      float dot = 0.0f;
+      for (int d = 0; d < hd; ++d) dot += q_head[d] * a.k_rows[j][d];
+      scores[j] = dot * a.scale;
+    }
+    Softmax(scores, a.context);
+    float* out_head = a.out + static_cast<size_t>(i) * hd;
+    std::fill(out_head, out_head + hd, 0.0f);
+    for (int j = 0; j < a.context; ++j) {
+      const float p = scores[j];
+      for (int d = 0; d < hd; ++d) out_head[d] += p * a.v_rows[j][d];
+    }
   }
-  const float inv_sum = 1.0f / sum;
-  for (int j = 0; j < n; ++j) s[j] *= inv_sum;
 }
 
-// Runs fn(item) for item in [0, count) on up to hardware_concurrency
-// threads, handing out items one at a time (their costs differ: sequences
-// have different lengths). Stays on the calling thread when `total_flops`
-// is too small to pay for starting threads (~tens of microseconds each).
-void ParallelFor(int count, double total_flops, const std::function<void(int)>& fn) {
-  constexpr double kMinFlopsPerThread = 4e6;
-  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int by_work = static_cast<int>(total_flops / kMinFlopsPerThread);
-  const int num_threads = std::min({hardware, count, std::max(1, by_work)});
-  if (num_threads <= 1) {
-    for (int i = 0; i < count; ++i) fn(i);
-    return;
+// As AttendGroupScalar, 16 lanes of head_dim at a time. Scores walk the keys
+// in the outer loop so each cached K row is read from memory once for the
+// whole group; the weighted sum of V keeps up to 128 output columns in
+// registers while it walks the values.
+__attribute__((target("avx512f"))) void AttendGroupAvx512(const GroupAttention& a) {
+  const int hd = a.head_dim;
+  const int full = hd / 16 * 16;
+  const __mmask16 tail = TailMask(hd - full);
+  for (int j = 0; j < a.context; ++j) {
+    const float* k = a.k_rows[j];
+    for (int i = 0; i < a.group; ++i) {
+      const float* q_head = a.q + static_cast<size_t>(i) * hd;
+      __m512 acc = _mm512_setzero_ps();
+      for (int d = 0; d < full; d += 16) {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q_head + d), _mm512_loadu_ps(k + d), acc);
+      }
+      if (full < hd) {
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q_head + full),
+                              _mm512_maskz_loadu_ps(tail, k + full), acc);
+      }
+      a.scores[static_cast<size_t>(i) * a.context + j] = SumLanes(acc) * a.scale;
+    }
   }
-  std::atomic<int> next{0};
-  auto worker = [&] {
-    for (int i = next.fetch_add(1); i < count; i = next.fetch_add(1)) fn(i);
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(num_threads - 1);
-  for (int t = 1; t < num_threads; ++t) threads.emplace_back(worker);
-  worker();
-  for (std::thread& thread : threads) thread.join();
+  constexpr int kMaxVectors = 8;  // 128 columns
+  for (int i = 0; i < a.group; ++i) {
+    float* p = a.scores + static_cast<size_t>(i) * a.context;
+    Softmax(p, a.context);
+    float* out_head = a.out + static_cast<size_t>(i) * hd;
+    for (int first = 0; first < hd; first += 16 * kMaxVectors) {
+      const int width = std::min(16 * kMaxVectors, hd - first);
+      __mmask16 masks[kMaxVectors];
+      __m512 acc[kMaxVectors];
+#pragma GCC unroll 8
+      for (int t = 0; t < kMaxVectors; ++t) {
+        const int lanes = std::clamp(width - 16 * t, 0, 16);
+        masks[t] = lanes == 16 ? static_cast<__mmask16>(0xffff) : TailMask(lanes);
+        acc[t] = _mm512_setzero_ps();
+      }
+      for (int j = 0; j < a.context; ++j) {
+        const __m512 weight = _mm512_set1_ps(p[j]);
+        const float* v = a.v_rows[j] + first;
+#pragma GCC unroll 8
+        for (int t = 0; t < kMaxVectors; ++t) {
+          if (masks[t] != 0) {
+            acc[t] = _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(masks[t], v + 16 * t), acc[t]);
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int t = 0; t < kMaxVectors; ++t) {
+        if (masks[t] != 0) _mm512_mask_storeu_ps(out_head + first + 16 * t, masks[t], acc[t]);
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -95,7 +146,7 @@ void PrefillAttention(const float* q, const float* k, const float* v,
   }
 }
 
-void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
+void PagedAttention(ThreadPool& pool, const float* q, const float* k_cache, const float* v_cache,
                     const int32_t* block_tables, const int32_t* context_lens,
                     const PagedAttentionParams& params, float* out) {
   const int hd = params.head_dim;
@@ -106,16 +157,17 @@ void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
   for (int b = 0; b < params.batch_size; ++b) {
     total_flops += 4.0 * context_lens[b] * params.num_heads * hd;
   }
+  // Waking a worker costs a few microseconds: worth it from ~10^5 flops on.
+  constexpr double kMinFlopsPerThread = 1e5;
+  const int max_threads = std::max(1, static_cast<int>(total_flops / kMinFlopsPerThread));
+  const bool avx512 = CpuHasAvx512F();
   // One work item per (sequence, KV head): the `group` query heads that
   // share a KV head read each cached K and V row once.
-  ParallelFor(params.batch_size * params.num_kv_heads, total_flops, [&](int item) {
+  pool.Run(params.batch_size * params.num_kv_heads, max_threads, [&](int item) {
     const int b = item / params.num_kv_heads;
     const int g = item % params.num_kv_heads;
     const int context = context_lens[b];
     const int32_t* table = block_tables + static_cast<size_t>(b) * params.max_blocks_per_seq;
-    const float* q_group = q + b * q_stride + static_cast<size_t>(g) * group * hd;
-    float* out_group = out + b * q_stride + static_cast<size_t>(g) * group * hd;
-
     std::vector<const float*> k_rows(context), v_rows(context);
     for (int j = 0; j < context; ++j) {
       const size_t slot = static_cast<size_t>(table[j / params.block_size]) * params.block_size +
@@ -123,21 +175,20 @@ void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
       k_rows[j] = k_cache + slot * kv_width + static_cast<size_t>(g) * hd;
       v_rows[j] = v_cache + slot * kv_width + static_cast<size_t>(g) * hd;
     }
-    std::vector<float> scores(context);
-    for (int i = 0; i < group; ++i) {
-      const float* q_head = q_group + static_cast<size_t>(i) * hd;
-      for (int j = 0; j < context; ++j) {
-        float dot = 0.0f;
-        for (int d = 0; d < hd; ++d) dot += q_head[d] * k_rows[j][d];
-        scores[j] = dot * params.scale;
-      }
-      Softmax(scores.data(), context);
-      float* out_head = out_group + static_cast<size_t>(i) * hd;
-      std::fill(out_head, out_head + hd, 0.0f);
-      for (int j = 0; j < context; ++j) {
-        const float p = scores[j];
-        for (int d = 0; d < hd; ++d) out_head[d] += p * v_rows[j][d];
-      }
+    std::vector<float> scores(static_cast<size_t>(group) * context);
+    const GroupAttention attention{q + b * q_stride + static_cast<size_t>(g) * group * hd,
+                                   k_rows.data(),
+                                   v_rows.data(),
+                                   context,
+                                   group,
+                                   hd,
+                                   params.scale,
+                                   scores.data(),
+                                   out + b * q_stride + static_cast<size_t>(g) * group * hd};
+    if (avx512) {
+      AttendGroupAvx512(attention);
+    } else {
+      AttendGroupScalar(attention);
     }
   });
 }

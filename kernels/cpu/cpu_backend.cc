@@ -1,6 +1,6 @@
 // CpuBackend: host memory buffers, shape and dtype checks, and dispatch to
-// the float32 kernels in cpu_kernels.h. Ops run synchronously, so
-// Synchronize() has nothing to wait for.
+// the kernels in cpu_kernels.h on the backend's thread pool. Ops run
+// synchronously, so Synchronize() has nothing to wait for.
 #include "kernels/cpu/cpu_backend.h"
 
 #include <algorithm>
@@ -10,10 +10,13 @@
 #include <limits>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/cpu_thread_pool.h"
+#include "shared/weight_row_blocks.h"
 
 namespace pdserve {
 namespace {
@@ -44,12 +47,13 @@ class CpuBuffer final : public DeviceBuffer {
   void* data_;
 };
 
-// An F32 weight used in place, inside memory the caller keeps alive (e.g. a
-// memory-mapped safetensors file). Ops never write through a weight.
+// A weight already in the stored dtype, used in place inside memory the
+// caller keeps alive (e.g. a memory-mapped safetensors file). Ops never write
+// through a weight.
 class CpuWeightView final : public DeviceBuffer {
  public:
-  CpuWeightView(size_t num_elements, const void* data)
-      : DeviceBuffer(num_elements, DType::kF32), data_(data) {}
+  CpuWeightView(size_t num_elements, DType dtype, const void* data)
+      : DeviceBuffer(num_elements, dtype), data_(data) {}
   void* data() override { return const_cast<void*>(data_); }
   const void* data() const override { return data_; }
 
@@ -110,8 +114,17 @@ absl::Status CheckRange(const DeviceBuffer& buffer, size_t offset, size_t n, con
   return absl::OkStatus();
 }
 
+// A weight matrix's elements as MatMul and Embedding take them.
+bool IsWeightDtype(DType dtype) { return dtype == DType::kF32 || dtype == DType::kBF16; }
+
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(const CpuBackendOptions& options)
+      : weight_dtype_(options.weight_dtype == DType::kBF16 ? DType::kBF16 : DType::kF32),
+        pool_(options.num_threads > 0
+                  ? options.num_threads
+                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+
   std::string_view name() const override { return "cpu"; }
   DType activation_dtype() const override { return DType::kF32; }
   DType kv_dtype() const override { return DType::kF32; }
@@ -133,44 +146,22 @@ class CpuBackend final : public Backend {
   }
 
   absl::StatusOr<BufferPtr> UploadWeight(std::span<const HostTensor> row_blocks) override {
-    if (row_blocks.empty()) return absl::InvalidArgumentError("UploadWeight: no row blocks");
-    // A vector [n] is n rows of one column, so vectors concatenate too.
-    auto columns = [](const HostTensor& t) { return t.shape.size() >= 2 ? t.shape.back() : 1; };
-    const int64_t cols = columns(row_blocks[0]);
-    size_t total = 0;
-    for (const HostTensor& block : row_blocks) {
-      if (block.shape.empty() || block.shape.size() > 2) {
-        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " has rank ",
-                                                       block.shape.size(), ", expected 1 or 2"));
-      }
-      if (columns(block) != cols) {
-        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " has ",
-                                                       columns(block), " columns, but ",
-                                                       row_blocks[0].name, " has ", cols));
-      }
-      if (!IsFloat(block.dtype)) {
-        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " has dtype ",
-                                                       std::string(DTypeName(block.dtype)),
-                                                       ", expected F32, BF16 or F16"));
-      }
-      const size_t elements = static_cast<size_t>(block.num_elements());
-      if (block.data == nullptr || block.num_bytes != elements * DTypeSize(block.dtype)) {
-        return absl::InvalidArgumentError(absl::StrCat("UploadWeight: ", block.name, " holds ",
-                                                       block.num_bytes, " bytes, its shape needs ",
-                                                       elements * DTypeSize(block.dtype)));
-      }
-      total += elements;
+    absl::StatusOr<size_t> total = CheckWeightRowBlocks(row_blocks, /*require_data=*/true);
+    if (!total.ok()) return total.status();
+    // Vectors (norm weights) are read by float32 loops; matrices by MatMul
+    // and Embedding, which take weight_dtype_.
+    const DType stored = row_blocks[0].shape.size() == 2 ? weight_dtype_ : DType::kF32;
+    if (row_blocks.size() == 1 && row_blocks[0].dtype == stored) {
+      return std::make_unique<CpuWeightView>(*total, stored, row_blocks[0].data);
     }
-    if (row_blocks.size() == 1 && row_blocks[0].dtype == DType::kF32) {
-      return std::make_unique<CpuWeightView>(total, row_blocks[0].data);
-    }
-    auto buffer = Allocate(total, DType::kF32);
+    auto buffer = Allocate(*total, stored);
     if (!buffer.ok()) return buffer.status();
-    float* dst = static_cast<float*>((*buffer)->data());
+    char* dst = static_cast<char*>((*buffer)->data());
     for (const HostTensor& block : row_blocks) {
       const size_t elements = static_cast<size_t>(block.num_elements());
-      ConvertToFloat(block.data, block.dtype, elements, dst);
-      dst += elements;
+      absl::Status converted = ConvertElements(block.data, block.dtype, elements, dst, stored);
+      if (!converted.ok()) return converted;
+      dst += elements * DTypeSize(stored);
     }
     return buffer;
   }
@@ -200,14 +191,15 @@ class CpuBackend final : public Backend {
   void Embedding(const DeviceBuffer& table, const DeviceBuffer& ids, int n, int hidden,
                  DeviceBuffer& out) override {
     PDSERVE_CPU_CHECK(n >= 0 && hidden > 0, "Embedding sizes");
-    const float* table_data = F32(table, 0, "Embedding table");
+    PDSERVE_CPU_CHECK(IsWeightDtype(table.dtype()), "Embedding table dtype (UploadWeight)");
     PDSERVE_CPU_CHECK(table.num_elements() % hidden == 0, "Embedding table [vocab, hidden]");
     const int64_t vocab = static_cast<int64_t>(table.num_elements() / hidden);
     const int32_t* id_data = I32(ids, n, "Embedding ids [n]");
     for (int i = 0; i < n; ++i) {
       PDSERVE_CPU_CHECK(id_data[i] >= 0 && id_data[i] < vocab, "Embedding id out of vocabulary");
     }
-    cpu::Embedding(table_data, id_data, n, hidden, F32(out, Product(n, hidden), "Embedding out"));
+    cpu::Embedding(table.data(), table.dtype(), id_data, n, hidden,
+                   F32(out, Product(n, hidden), "Embedding out"));
   }
 
   void MatMul(const DeviceBuffer& x, const DeviceBuffer& w, int m, int n, int k, DeviceBuffer& out,
@@ -215,8 +207,16 @@ class CpuBackend final : public Backend {
     PDSERVE_CPU_CHECK(m >= 0 && n > 0 && k > 0, "MatMul sizes");
     PDSERVE_CPU_CHECK(&x != &out, "MatMul out must not alias x");
     if (m == 0) return;
-    cpu::MatMul(F32(x, Product(m, k), "MatMul x [m, k]"), F32(w, Product(n, k), "MatMul w [n, k]"),
-                m, n, k, F32(out, Product(m, n), "MatMul out [m, n]"), accumulate);
+    const float* x_data = F32(x, Product(m, k), "MatMul x [m, k]");
+    float* out_data = F32(out, Product(m, n), "MatMul out [m, n]");
+    PDSERVE_CPU_CHECK(w.num_elements() >= Product(n, k), "MatMul w [n, k]");
+    if (w.dtype() == DType::kBF16) {
+      cpu::MatMulBf16(pool_, x_data, static_cast<const uint16_t*>(w.data()), m, n, k, out_data,
+                      accumulate);
+    } else {
+      cpu::MatMul(pool_, x_data, F32(w, Product(n, k), "MatMul w [n, k]"), m, n, k, out_data,
+                  accumulate);
+    }
   }
 
   void RmsNorm(const DeviceBuffer& x, const DeviceBuffer& weight, int m, int d, float eps,
@@ -351,8 +351,8 @@ class CpuBackend final : public Backend {
       }
     }
     const size_t q_elements = Product(p.batch_size, p.num_heads * p.head_dim);
-    cpu::PagedAttention(F32(q, q_elements, "PagedAttention q [b, h, hd]"), k_data, v_data, tables,
-                        lens, p, F32(out, q_elements, "PagedAttention out [b, h, hd]"));
+    cpu::PagedAttention(pool_, F32(q, q_elements, "PagedAttention q [b, h, hd]"), k_data, v_data,
+                        tables, lens, p, F32(out, q_elements, "PagedAttention out [b, h, hd]"));
   }
 
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
@@ -364,10 +364,16 @@ class CpuBackend final : public Backend {
     std::memmove(static_cast<char*>(dst.data()) + dst_offset * size,
                  static_cast<const char*>(src.data()) + src_offset * size, n * size);
   }
+
+ private:
+  const DType weight_dtype_;
+  cpu::ThreadPool pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> CreateCpuBackend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> CreateCpuBackend(const CpuBackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
 
 }  // namespace pdserve

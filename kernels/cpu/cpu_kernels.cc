@@ -1,33 +1,91 @@
 // Element-wise and GEMM kernels of the CPU backend (attention is in
-// cpu_attention.cc). Written like llama2.c's run.c: one plain loop nest per
-// op, innermost loop over contiguous memory so the compiler vectorises it.
+// cpu_attention.cc, the skinny GEMM in cpu_gemm.cc). Written like llama2.c's
+// run.c: one plain loop nest per op, innermost loop over contiguous memory so
+// the compiler vectorises it.
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/cpu_gemm.h"
+#include "kernels/cpu/cpu_math.h"
+
 namespace pdserve::cpu {
 
-void Embedding(const float* table, const int32_t* ids, int n, int hidden, float* out) {
+void Embedding(const void* table, DType table_dtype, const int32_t* ids, int n, int hidden,
+               float* out) {
+  const size_t row_bytes = static_cast<size_t>(hidden) * DTypeSize(table_dtype);
   for (int i = 0; i < n; ++i) {
-    std::memcpy(out + static_cast<size_t>(i) * hidden, table + static_cast<size_t>(ids[i]) * hidden,
-                sizeof(float) * hidden);
+    ConvertToFloat(static_cast<const char*>(table) + ids[i] * row_bytes, table_dtype, hidden,
+                   out + static_cast<size_t>(i) * hidden);
   }
 }
 
-void MatMul(const float* x, const float* w, int m, int n, int k, float* out, bool accumulate) {
-  const float beta = accumulate ? 1.0f : 0.0f;
+namespace {
+
+// out[m, n] (ldo apart) = x[m, k] · w[n, k]ᵀ + beta · out through OpenBLAS.
+void BlasMatMul(const float* x, const float* w, int m, int n, int k, float* out, int ldo,
+                float beta) {
   if (m == 1) {
-    // A single row (decode of one sequence) is a matrix-vector product;
-    // sgemv avoids sgemm's packing of a 1-row operand.
+    // A single row is a matrix-vector product; sgemv avoids sgemm's packing
+    // of a 1-row operand.
     cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, beta, out, 1);
     return;
   }
   // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ: w is nn.Linear's [out, in].
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, out, n);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, beta, out, ldo);
+}
+
+// Calls fn(begin, end) for consecutive kGemmChunkRows-row ranges of [0, n)
+// on the pool. Chunks are handed out one at a time, so a thread whose core
+// is busy with another process takes fewer of them.
+template <typename Fn>
+void ForRowChunks(ThreadPool& pool, int n, const Fn& fn) {
+  const int chunks = (n + kGemmChunkRows - 1) / kGemmChunkRows;
+  pool.Run(chunks, pool.size(), [&](int chunk) {
+    const int begin = chunk * kGemmChunkRows;
+    fn(begin, std::min(n, begin + kGemmChunkRows));
+  });
+}
+
+}  // namespace
+
+void MatMul(ThreadPool& pool, const float* x, const float* w, int m, int n, int k, float* out,
+            bool accumulate) {
+  if (m <= kSkinnyMaxRowsF32 && CpuHasAvx512F()) {
+    ForRowChunks(pool, n, [&](int begin, int end) {
+      GemmF32Rows(x, m, k, w, begin, end, out, n, accumulate);
+    });
+    return;
+  }
+  BlasMatMul(x, w, m, n, k, out, n, accumulate ? 1.0f : 0.0f);
+}
+
+void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int n, int k,
+                float* out, bool accumulate) {
+  if (m <= kSkinnyMaxRowsBf16 && CpuHasAvx512Bf16Gemm()) {
+    std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * k);
+    RoundToBf16(x, x_bf16.size(), x_bf16.data());
+    ForRowChunks(pool, n, [&](int begin, int end) {
+      GemmBf16Rows(x_bf16.data(), m, k, w, begin, end, out, n, accumulate);
+    });
+    return;
+  }
+  // Widening costs one pass over the weight, small next to the m·n·k
+  // multiply-adds at prefill sizes; blocks of rows keep the float32 copy
+  // cache-sized rather than weight-sized.
+  constexpr int kWidenRows = 256;
+  std::vector<float> block(static_cast<size_t>(std::min(n, kWidenRows)) * k);
+  for (int begin = 0; begin < n; begin += kWidenRows) {
+    const int rows = std::min(kWidenRows, n - begin);
+    ConvertToFloat(w + static_cast<size_t>(begin) * k, DType::kBF16,
+                   static_cast<size_t>(rows) * k, block.data());
+    BlasMatMul(x, block.data(), m, rows, k, out + begin, n, accumulate ? 1.0f : 0.0f);
+  }
 }
 
 void RmsNorm(const float* x, const float* weight, int m, int d, float eps, float* out) {
@@ -96,12 +154,42 @@ void Rope(float* q, float* k, const int32_t* positions, int n, int num_heads, in
   }
 }
 
+namespace {
+
+// dst[j] = gate[j] · σ(gate[j]) · up[j] = gate[j] · up[j] / (1 + e^-gate[j]).
+__attribute__((target("avx512f"))) void SiluMulRowAvx512(const float* gate, const float* up, int f,
+                                                         float* dst) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int j = 0;
+  for (; j + 16 <= f; j += 16) {
+    const __m512 g = _mm512_loadu_ps(gate + j);
+    const __m512 e = Exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_storeu_ps(dst + j, _mm512_div_ps(_mm512_mul_ps(g, _mm512_loadu_ps(up + j)),
+                                            _mm512_add_ps(one, e)));
+  }
+  if (j < f) {
+    const __mmask16 tail = TailMask(f - j);
+    const __m512 g = _mm512_maskz_loadu_ps(tail, gate + j);
+    const __m512 e = Exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_mask_storeu_ps(dst + j, tail,
+                          _mm512_div_ps(_mm512_mul_ps(g, _mm512_maskz_loadu_ps(tail, up + j)),
+                                        _mm512_add_ps(one, e)));
+  }
+}
+
+}  // namespace
+
 void SiluMul(const float* gate_up, int m, int f, float* out) {
+  const bool avx512 = CpuHasAvx512F();
   for (int i = 0; i < m; ++i) {
     const float* gate = gate_up + static_cast<size_t>(i) * 2 * f;
     const float* up = gate + f;
     float* dst = out + static_cast<size_t>(i) * f;
-    for (int j = 0; j < f; ++j) dst[j] = gate[j] / (1.0f + std::exp(-gate[j])) * up[j];
+    if (avx512) {
+      SiluMulRowAvx512(gate, up, f, dst);
+    } else {
+      for (int j = 0; j < f; ++j) dst[j] = gate[j] / (1.0f + std::exp(-gate[j])) * up[j];
+    }
   }
 }
 

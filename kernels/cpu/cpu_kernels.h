@@ -1,21 +1,41 @@
-// The CPU backend's float32 kernels on plain pointers. CpuBackend checks
-// shapes and dtypes and then calls these; they trust their arguments. Every
-// array is row-major; shapes are in each function's comment.
+// The CPU backend's kernels on plain pointers. CpuBackend checks shapes and
+// dtypes and then calls these; they trust their arguments. Every array is
+// row-major; shapes are in each function's comment. Activations are float32;
+// weights float32 or bfloat16 (uint16_t bit patterns).
 #ifndef PDSERVE_KERNELS_CPU_CPU_KERNELS_H_
 #define PDSERVE_KERNELS_CPU_CPU_KERNELS_H_
 
 #include <cstdint>
 
+#include "kernels/cpu/cpu_thread_pool.h"
 #include "shared/backend.h"
 
 namespace pdserve::cpu {
 
-// out[i, :] = table[ids[i], :]. table: [vocab, hidden]; ids: [n]; out: [n, hidden].
-void Embedding(const float* table, const int32_t* ids, int n, int hidden, float* out);
+// out[i, :] = table[ids[i], :]. table: [vocab, hidden] float32 or bfloat16
+// (`table_dtype`); ids: [n]; out: [n, hidden] float32.
+void Embedding(const void* table, DType table_dtype, const int32_t* ids, int n, int hidden,
+               float* out);
 
-// out = x · wᵀ (+ out when accumulate) through OpenBLAS. x: [m, k]; w: [n, k];
-// out: [m, n].
-void MatMul(const float* x, const float* w, int m, int n, int k, float* out, bool accumulate);
+// out = x · wᵀ (+ out when accumulate). x: [m, k]; w: [n, k]; out: [m, n].
+// Up to kSkinnyMaxRowsF32 rows on an AVX-512 CPU run cpu_gemm.h's kernel on
+// `pool`; more rows (prefill), or a CPU without AVX-512, go to OpenBLAS.
+void MatMul(ThreadPool& pool, const float* x, const float* w, int m, int n, int k, float* out,
+            bool accumulate);
+
+// As MatMul with a bfloat16 weight. On a CPU with AVX-512 BF16, up to
+// kSkinnyMaxRowsBf16 rows are rounded to bfloat16 and multiplied by
+// cpu_gemm.h's kernel (float32 sums); otherwise the weight is widened to
+// float32 a block of rows at a time for OpenBLAS, x staying float32.
+void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int n, int k,
+                float* out, bool accumulate);
+
+// Row counts up to which the skinny kernel beats OpenBLAS's sgemm (measured
+// with TinyLlama's projection shapes on a 2-core Sapphire Rapids; the
+// bfloat16 limit is higher because the alternative pays for widening the
+// weight).
+inline constexpr int kSkinnyMaxRowsF32 = 64;
+inline constexpr int kSkinnyMaxRowsBf16 = 128;
 
 // out[i, :] = x[i, :] / sqrt(mean(x[i, :]²) + eps) * weight (HF LlamaRMSNorm).
 // x, out: [m, d], may alias; weight: [d].
@@ -40,10 +60,11 @@ void SiluMul(const float* gate_up, int m, int f, float* out);
 void PrefillAttention(const float* q, const float* k, const float* v,
                       const PrefillAttentionParams& params, float* out);
 
-// One query per sequence over a paged cache (see Backend::PagedAttention).
-// q, out: [b, h, hd]; k_cache, v_cache: [slots, kvh*hd]; block_tables:
-// [b, max_blocks_per_seq]; context_lens: [b].
-void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
+// One query per sequence over a paged cache (see Backend::PagedAttention),
+// (sequence, KV head) pairs spread over `pool`. q, out: [b, h, hd];
+// k_cache, v_cache: [slots, kvh*hd]; block_tables: [b, max_blocks_per_seq];
+// context_lens: [b].
+void PagedAttention(ThreadPool& pool, const float* q, const float* k_cache, const float* v_cache,
                     const int32_t* block_tables, const int32_t* context_lens,
                     const PagedAttentionParams& params, float* out);
 

@@ -175,8 +175,10 @@ TEST_F(CpuBackendTest, Embedding) {
   }
 }
 
+// m = 64 and 65 sit on either side of the switch from the backend's own
+// GEMM to OpenBLAS (kSkinnyMaxRowsF32).
 TEST_F(CpuBackendTest, MatMul) {
-  for (int m : {1, 3, 17, 129}) {
+  for (int m : {1, 2, 3, 17, 64, 65, 129}) {
     for (auto [n, k] : {std::pair{1, 1}, {5, 7}, {64, 129}, {257, 33}}) {
       for (bool accumulate : {false, true}) {
         SCOPED_TRACE(testing::Message()
@@ -485,6 +487,122 @@ TEST_F(CpuBackendTest, CopyElements) {
       EXPECT_TRUE(std::isnan(got[i])) << i;
     }
   }
+}
+
+// bfloat16 weights (CpuBackendOptions::weight_dtype). The reference rounds
+// the weight to bfloat16 with a rounding written here (nearest even) and
+// keeps x in float32; the backend may round x to bfloat16 too, which moves
+// each product by at most 2^-9 of its size, so results must be within
+// 2^-8 · Σ|x·w| of the reference.
+class CpuBackendBf16Test : public CpuBackendTest {
+ protected:
+  CpuBackendBf16Test() { backend_ = CreateCpuBackend({.weight_dtype = DType::kBF16}); }
+
+  static float RoundToBf16(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+    float rounded;
+    std::memcpy(&rounded, &bits, 4);
+    return rounded;
+  }
+  static std::vector<double> Rounded(const std::vector<float>& values) {
+    std::vector<double> out(values.size());
+    for (size_t i = 0; i < values.size(); ++i) out[i] = RoundToBf16(values[i]);
+    return out;
+  }
+  BufferPtr UploadMatrix(const std::vector<float>& values, int64_t rows, int64_t cols) {
+    HostTensor view{"w", DType::kF32, {rows, cols}, values.data(), values.size() * 4};
+    auto weight = backend_->UploadWeight(std::span<const HostTensor>(&view, 1));
+    EXPECT_TRUE(weight.ok()) << weight.status();
+    return std::move(*weight);
+  }
+};
+
+TEST_F(CpuBackendBf16Test, UploadWeightStoresMatricesAsBf16AndVectorsAsF32) {
+  const std::vector<float> a = Random(3 * 5), norm = Random(5);
+  auto matrix = UploadMatrix(a, 3, 5);
+  EXPECT_EQ(matrix->dtype(), DType::kBF16);
+  ExpectClose(Download(*matrix, a.size()), Rounded(a), 0.0);
+
+  HostTensor norm_view{"norm", DType::kF32, {5}, norm.data(), norm.size() * 4};
+  auto vector = backend_->UploadWeight(std::span<const HostTensor>(&norm_view, 1));
+  ASSERT_TRUE(vector.ok()) << vector.status();
+  EXPECT_EQ((*vector)->dtype(), DType::kF32);
+  EXPECT_EQ((*vector)->data(), static_cast<const void*>(norm.data()));  // used in place
+
+  // One bf16 block is used in place; blocks of mixed dtypes are concatenated.
+  std::vector<uint16_t> c(4 * 5);
+  std::vector<double> c_values(c.size());
+  for (size_t i = 0; i < c.size(); ++i) {
+    c[i] = static_cast<uint16_t>(0xbf80 + 3 * i);  // -1.0 and down in bf16 steps
+    const uint32_t bits = static_cast<uint32_t>(c[i]) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    c_values[i] = f;
+  }
+  HostTensor tc{"c", DType::kBF16, {4, 5}, c.data(), c.size() * 2};
+  auto single = backend_->UploadWeight(std::span<const HostTensor>(&tc, 1));
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ((*single)->data(), static_cast<const void*>(c.data()));
+  EXPECT_EQ((*single)->dtype(), DType::kBF16);
+  HostTensor ta{"a", DType::kF32, {3, 5}, a.data(), a.size() * 4};
+  const std::vector<HostTensor> blocks = {ta, tc};
+  auto fused = backend_->UploadWeight(blocks);
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  EXPECT_EQ((*fused)->dtype(), DType::kBF16);
+  std::vector<double> expected = Rounded(a);
+  expected.insert(expected.end(), c_values.begin(), c_values.end());
+  ExpectClose(Download(**fused, expected.size()), expected, 0.0);
+}
+
+// m up to 128 takes the AVX-512 BF16 kernel where the CPU has it; 129 and
+// 200 widen the weight for OpenBLAS.
+TEST_F(CpuBackendBf16Test, MatMul) {
+  for (int m : {1, 2, 7, 17, 129, 200}) {
+    for (auto [n, k] : {std::pair{1, 1}, {5, 7}, {64, 129}, {257, 33}}) {
+      for (bool accumulate : {false, true}) {
+        SCOPED_TRACE(testing::Message()
+                     << "m=" << m << " n=" << n << " k=" << k << " accumulate=" << accumulate);
+        const std::vector<float> x = Random(m * k), w = Random(n * k), base = Random(m * n);
+        const std::vector<double> w_rounded = Rounded(w);
+        auto xb = Upload(x);
+        auto wb = UploadMatrix(w, n, k);
+        auto out = accumulate ? Upload(base) : Poisoned(m * n);
+        backend_->MatMul(*xb, *wb, m, n, k, *out, accumulate);
+        const std::vector<float> got = Download(*out, m * n);
+        for (int i = 0; i < m; ++i) {
+          for (int j = 0; j < n; ++j) {
+            double sum = accumulate ? base[i * n + j] : 0.0, magnitude = 0.0;
+            for (int l = 0; l < k; ++l) {
+              const double product = x[i * k + l] * w_rounded[j * k + l];
+              sum += product;
+              magnitude += std::fabs(product);
+            }
+            ASSERT_LE(std::fabs(got[i * n + j] - sum), std::ldexp(magnitude, -8) + 1e-6)
+                << "row " << i << " column " << j << ": got " << got[i * n + j] << ", want "
+                << sum;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendBf16Test, Embedding) {
+  const int vocab = 37, hidden = 17;
+  const std::vector<float> table = Random(vocab * hidden);
+  auto weight = UploadMatrix(table, vocab, hidden);
+  const std::vector<double> rounded = Rounded(table);
+  const std::vector<int32_t> ids = {5, 0, 36, 5};
+  auto id_buffer = UploadInts(ids);
+  auto out = Poisoned(ids.size() * hidden);
+  backend_->Embedding(*weight, *id_buffer, ids.size(), hidden, *out);
+  std::vector<double> expected;
+  for (int id : ids) {
+    expected.insert(expected.end(), &rounded[id * hidden], &rounded[(id + 1) * hidden]);
+  }
+  ExpectClose(Download(*out, ids.size() * hidden), expected, 0.0);
 }
 
 }  // namespace
