@@ -79,11 +79,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     response.set_sample_index(event.sample_index);
     response.set_text(event.text);  // the engine's: whole characters, stop strings cut
     if (event.logprob.has_value()) response.set_logprob(*event.logprob);
-    for (const TokenLogprob& top : event.top_logprobs) {
-      v1::TokenLogprob* entry = response.add_top_logprobs();
-      entry->set_token_id(top.id);
-      entry->set_logprob(top.logprob);
-      entry->set_piece(tokenizer_->IdToPiece(top.id));
+    for (const TokenLogprob& top : event.top_logprobs) AddTop(top, response.add_top_logprobs());
+    for (const PromptTokenLogprob& prompt : event.prompt_logprobs) {
+      v1::PromptTokenLogprob* entry = response.add_prompt_logprobs();
+      entry->set_position(prompt.position);
+      entry->set_token_id(prompt.token_id);
+      entry->set_logprob(prompt.logprob);
+      for (const TokenLogprob& top : prompt.top_logprobs) AddTop(top, entry->add_top_logprobs());
     }
     if (event.finish.has_value()) {
       const GenerationSummary& summary = *event.finish;
@@ -150,6 +152,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   void OnDone() override { delete this; }
 
  private:
+  void AddTop(const TokenLogprob& top, v1::TokenLogprob* entry) const {
+    entry->set_token_id(top.id);
+    entry->set_logprob(top.logprob);
+    entry->set_piece(tokenizer_->IdToPiece(top.id));
+  }
+
   void FinishWithoutEngine(const absl::Status& status) {
     std::lock_guard<std::mutex> lock(mu_);
     final_status_ = ToGrpcStatus(status);

@@ -1,6 +1,7 @@
 #include "decode_service/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <span>
 #include <string>
@@ -41,6 +42,8 @@ struct Engine::Sequence {
   absl::Time kv_complete;
   double prefill_compute_ms = 0;
   absl::Time first_token;
+  // Computed at the join; sent with the request's first token.
+  std::vector<PromptTokenLogprob> prompt_logprobs;
 
   int prompt_tokens() const { return static_cast<int>(request.prompt.size()); }
 };
@@ -172,6 +175,7 @@ void Engine::StartPrefill(Sequence* seq) {
   job.request_id = seq->request.request_id;
   job.token_ids = seq->request.prompt;
   job.deadline = std::min(seq->request.deadline, absl::Now() + options_.prefill_timeout);
+  job.return_all_positions = seq->request.prompt_logprobs >= 0;
   KvCache::Sequence* lease = seq->kv.get();  // alive until `done` has run
   job.write_kv = [this, lease](int layer, int first_token, int num_tokens, const void* k,
                                const void* v, DType dtype) {
@@ -298,6 +302,15 @@ void Engine::JoinReady(const std::vector<Sequence*>& joiners) {
                                                    " values, expected hidden_size ", hidden_size)));
       continue;
     }
+    if (seq->request.prompt_logprobs >= 0) {
+      absl::StatusOr<std::vector<PromptTokenLogprob>> prompt_logprobs =
+          PromptLogprobs(seq->request, result.all_hidden);
+      if (!prompt_logprobs.ok()) {
+        Retire(seq, prompt_logprobs.status());
+        continue;
+      }
+      seq->prompt_logprobs = std::move(prompt_logprobs).value();
+    }
     seq->kv_complete = result.kv_complete;
     seq->prefill_compute_ms = result.remote_prefill_ms;
     hidden.insert(hidden.end(), result.final_hidden.begin(), result.final_hidden.end());
@@ -337,6 +350,48 @@ void Engine::JoinReady(const std::vector<Sequence*>& joiners) {
     for (auto& sample : joining[i]->samples) samples.push_back(sample.get());
     for (Sample* sample : samples) SampleAndAdvance(sample, row);
   }
+}
+
+absl::StatusOr<std::vector<PromptTokenLogprob>> Engine::PromptLogprobs(
+    const GenerationRequest& request, std::span<const float> all_hidden) {
+  const int hidden_size = transformer_->config().hidden_size;
+  const int n = static_cast<int>(request.prompt.size());
+  if (all_hidden.size() != static_cast<size_t>(n) * hidden_size) {
+    return absl::InternalError(absl::StrCat("prefill hidden states of every position: ",
+                                            all_hidden.size(), " values, expected ", n, " x ",
+                                            hidden_size));
+  }
+  // Position p's logits give the token at p + 1. lm_head over a few rows at
+  // a time, so a long prompt never needs [n, vocab] logits at once.
+  constexpr int kRowsPerCall = 32;
+  std::vector<PromptTokenLogprob> out;
+  std::vector<float> logprobs;
+  for (int first = 0; first < n - 1; first += kRowsPerCall) {
+    const int rows = std::min(kRowsPerCall, n - 1 - first);
+    absl::StatusOr<std::vector<float>> logits;
+    {
+      std::lock_guard<std::mutex> lock(backend_mu_);
+      logits = transformer_->ComputeLogits(
+          all_hidden.subspan(static_cast<size_t>(first) * hidden_size,
+                             static_cast<size_t>(rows) * hidden_size),
+          rows);
+    }
+    if (!logits.ok()) return logits.status();
+    const size_t vocab = logits->size() / rows;
+    logprobs.resize(vocab);
+    for (int i = 0; i < rows; ++i) {
+      LogSoftmax(std::span<const float>(logits->data() + i * vocab, vocab), logprobs);
+      PromptTokenLogprob entry;
+      entry.position = first + i + 1;
+      entry.token_id = request.prompt[entry.position];
+      entry.logprob = entry.token_id >= 0 && static_cast<size_t>(entry.token_id) < vocab
+                          ? logprobs[entry.token_id]
+                          : -INFINITY;
+      entry.top_logprobs = TopLogprobs(logprobs, request.prompt_logprobs);
+      out.push_back(std::move(entry));
+    }
+  }
+  return out;
 }
 
 absl::Status Engine::StartSamples(Sequence* seq) {
@@ -405,6 +460,7 @@ void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits) {
   event.token_id = token;
   event.index = num_generated - 1;
   event.sample_index = sample->index;
+  if (seq->total_generated == 1) event.prompt_logprobs = std::move(seq->prompt_logprobs);
   event.is_eos = IsEos(token, request);
   if (request.logprobs || request.top_logprobs > 0) {
     // The model's distribution, not the sampler's (logprobs.h says why).

@@ -123,6 +123,11 @@ class Engine {
   // runs one decode step over the batch.
   void Iterate();
   void JoinReady(const std::vector<Sequence*>& joiners);
+  // The prompt's token logprobs from every position's final hidden state
+  // (PrefillResult::all_hidden, [prompt, hidden_size]); INTERNAL for a
+  // wrong size, or the backend's error.
+  absl::StatusOr<std::vector<PromptTokenLogprob>> PromptLogprobs(
+      const GenerationRequest& request, std::span<const float> all_hidden);
   // Creates the samples of `seq`, which must hold its prompt lease.
   absl::Status StartSamples(Sequence* seq);
   void StepRunning();

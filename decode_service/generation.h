@@ -38,6 +38,9 @@ struct GenerationRequest {
   int num_samples = 1;
   bool logprobs = false;  // TokenEvent::logprob for every token
   int top_logprobs = 0;   // [0, kMaxTopLogprobs]: TokenEvent::top_logprobs
+  // < 0: off; [0, kMaxTopLogprobs]: TokenEvent::prompt_logprobs with this
+  // many alternatives (the prefill sends every position's hidden state).
+  int prompt_logprobs = -1;
   absl::Time arrival = absl::Now();               // when the RPC arrived (timings)
   absl::Time deadline = absl::InfiniteFuture();  // the client's deadline
 };
@@ -74,6 +77,14 @@ struct GenerationSummary {
   GenerationTimings timings;
 };
 
+// A prompt token's log-probability given the tokens before it.
+struct PromptTokenLogprob {
+  int position = 0;  // [1, prompt length)
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+  std::vector<TokenLogprob> top_logprobs;
+};
+
 // One generated token of one sample.
 struct TokenEvent {
   int32_t token_id = 0;
@@ -88,6 +99,9 @@ struct TokenEvent {
   // log-probability under log_softmax of the raw logits (logprobs.h).
   std::optional<float> logprob;
   std::vector<TokenLogprob> top_logprobs;  // top_logprobs > 0: most likely first
+  // prompt_logprobs >= 0: on the request's first event only (sample 0's
+  // first token), positions 1.. of the prompt in order.
+  std::vector<PromptTokenLogprob> prompt_logprobs;
   std::optional<GenerationSummary> finish;  // set on the sample's last token only
   bool ends_request = false;  // the last sample finished: the terminal call
 };

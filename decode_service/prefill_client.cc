@@ -1,5 +1,6 @@
 #include "decode_service/prefill_client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -58,6 +59,7 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     request_.set_request_id(job_.request_id);
     request_.mutable_token_ids()->Assign(job_.token_ids.begin(), job_.token_ids.end());
     request_.set_max_chunk_bytes(max_chunk_bytes);
+    request_.set_return_all_positions(job_.return_all_positions);
     if (job_.deadline != absl::InfiniteFuture()) {
       context_.set_deadline(absl::ToChronoTime(job_.deadline));
     }
@@ -106,6 +108,11 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
         }
         if (have_final_) return absl::InternalError("prefill stream: a second final hidden state");
         return ConsumeFinal(response.final_hidden());
+      case v1::PrefillResponse::kHiddenStates:
+        if (!have_header_) {
+          return absl::InternalError("prefill stream: hidden states before the header");
+        }
+        return ConsumeHiddenStates(response.hidden_states());
       case v1::PrefillResponse::PAYLOAD_NOT_SET:
         break;
     }
@@ -138,6 +145,10 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     token_bytes_ = static_cast<size_t>(expectation_->num_kv_heads) * expectation_->head_dim *
                    DTypeSize(kv_dtype_);
     received_.assign(static_cast<size_t>(expectation_->num_layers) * num_tokens_, false);
+    if (job_.return_all_positions) {
+      result_.all_hidden.assign(static_cast<size_t>(num_tokens_) * expectation_->hidden_size, 0.0f);
+      hidden_received_.assign(num_tokens_, false);
+    }
     have_header_ = true;
     return absl::OkStatus();
   }
@@ -195,6 +206,36 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     return absl::OkStatus();
   }
 
+  // HiddenStates of the final norm's output (layer num_layers), asked for
+  // with return_all_positions: each prompt token exactly once.
+  absl::Status ConsumeHiddenStates(const v1::HiddenStates& states) {
+    const int hidden = expectation_->hidden_size;
+    if (!job_.return_all_positions || states.layer() != expectation_->num_layers) {
+      return absl::InternalError(absl::StrCat("prefill hidden states of layer ", states.layer(),
+                                              ", which this stream did not ask for"));
+    }
+    const int first = states.first_token();
+    const int count = states.num_tokens();
+    if (first < 0 || count <= 0 || first > num_tokens_ - count ||
+        states.values_size() != static_cast<int64_t>(count) * hidden) {
+      return absl::InternalError(absl::StrCat(
+          "prefill hidden states: tokens [", first, ", ", static_cast<int64_t>(first) + count,
+          ") with ", states.values_size(), " values; the prompt has ", num_tokens_,
+          " tokens of hidden_size ", hidden));
+    }
+    for (int t = first; t < first + count; ++t) {
+      if (hidden_received_[t]) {
+        return absl::InternalError(
+            absl::StrCat("prefill hidden states: token ", t, " arrived twice"));
+      }
+      hidden_received_[t] = true;
+    }
+    std::copy(states.values().begin(), states.values().end(),
+              result_.all_hidden.begin() + static_cast<size_t>(first) * hidden);
+    num_hidden_received_ += count;
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<PrefillResult> Outcome(const grpc::Status& status) {
     if (!error_.ok()) return error_;  // our verdict on the stream comes first
     if (!status.ok()) {
@@ -227,6 +268,11 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     if (!have_final_) {
       return absl::InternalError("prefill stream ended without the final hidden state");
     }
+    if (job_.return_all_positions && num_hidden_received_ != num_tokens_) {
+      return absl::InternalError(absl::StrCat("prefill stream ended with the hidden states of ",
+                                              num_hidden_received_, " of ", num_tokens_,
+                                              " prompt tokens (return_all_positions)"));
+    }
     result_.kv_complete = kv_complete_;
     return std::move(result_);
   }
@@ -251,6 +297,8 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   size_t token_bytes_ = 0;      // bytes of K (or V) per token
   std::vector<bool> received_;  // [num_layers, num_tokens]
   int64_t num_received_ = 0;
+  std::vector<bool> hidden_received_;  // [num_tokens], with return_all_positions
+  int num_hidden_received_ = 0;
   absl::Time kv_complete_ = absl::Now();
   PrefillResult result_;
 };

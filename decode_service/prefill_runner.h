@@ -30,12 +30,18 @@ struct PrefillJob {
   std::vector<int32_t> token_ids;   // the whole prompt
   absl::Time deadline = absl::InfiniteFuture();
   KvWriter write_kv;                // where the KV goes
+  // Also bring back every prompt position's final hidden state
+  // (PrefillResult::all_hidden), for prompt logprobs.
+  bool return_all_positions = false;
 };
 
 struct PrefillResult {
   // The last prompt position's hidden state after the final RMSNorm:
   // [hidden_size] float32.
   std::vector<float> final_hidden;
+  // With PrefillJob::return_all_positions: every prompt position's hidden
+  // state after the final RMSNorm, [num_tokens, hidden_size] float32.
+  std::vector<float> all_hidden;
   absl::Time kv_complete;   // when the last KV chunk was written (local clock)
   double remote_prefill_ms = 0;  // forward-pass time the prefill instance reported
 };

@@ -42,6 +42,12 @@ absl::Status CheckOutput(const v1::OutputOptions& output, const RequestLimits& l
     return absl::InvalidArgumentError(absl::StrCat("output.top_logprobs: ", output.top_logprobs(),
                                                    " outside [0, ", kMaxTopLogprobs, "]"));
   }
+  if (output.has_prompt_logprobs() &&
+      (output.prompt_logprobs() < 0 || output.prompt_logprobs() > kMaxTopLogprobs)) {
+    return absl::InvalidArgumentError(absl::StrCat("output.prompt_logprobs: ",
+                                                   output.prompt_logprobs(), " outside [0, ",
+                                                   kMaxTopLogprobs, "]"));
+  }
   if (output.n() < 0 || output.n() > limits.max_samples) {
     return absl::InvalidArgumentError(absl::StrCat("output.n: ", output.n(), " outside [0, ",
                                                    limits.max_samples,
@@ -129,6 +135,8 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(
   out.num_samples = std::max(1, request.output().n());
   out.top_logprobs = request.output().top_logprobs();
   out.logprobs = request.output().logprobs() || out.top_logprobs > 0;
+  out.prompt_logprobs =
+      request.output().has_prompt_logprobs() ? request.output().prompt_logprobs() : -1;
 
   if (chat) {
     if (!chat_format.ok()) return chat_format.status();

@@ -37,6 +37,7 @@ struct RequestLimits {
 //   stopping.stop        more than limits.max_stop_strings, or an entry
 //                        empty, longer than limits.max_stop_bytes or not UTF-8
 //   output.top_logprobs  outside [0, kMaxTopLogprobs = 20]
+//   output.prompt_logprobs  set and outside [0, 20]
 //   output.n             outside [0, limits.max_samples] (0 means 1)
 //   messages             `chat_format`'s error (FAILED_PRECONDITION naming
 //                        the model directory when it has no known chat

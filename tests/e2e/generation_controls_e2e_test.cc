@@ -7,6 +7,7 @@
 // and Hugging Face's Phi-3 chat ids (tests/data/golden/phi3_chat_ids.json).
 #include <stdio.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <regex>
@@ -24,6 +25,7 @@
 #include "shared/tokenizer.h"
 #include "tests/decode_service/test_models.h"
 #include "tests/e2e/service_process.h"
+#include "tests/testing/golden_forward.h"
 #include "tests/testing/metrics_text.h"
 #include "tests/testing/test_paths.h"
 
@@ -313,6 +315,43 @@ TEST_F(GenerationControlsE2eTest, CliStopsLogprobsSamplesAndSamplingFlags) {
   EXPECT_EQ(code, 1) << output;
   EXPECT_THAT(output, HasSubstr("FAILED_PRECONDITION"));
   EXPECT_THAT(output, HasSubstr("stories260K"));
+}
+
+TEST_F(GenerationControlsE2eTest, PromptLogprobsAreLogSoftmaxOfTheReferencePromptRows) {
+  absl::StatusOr<GoldenForwardCase> golden = LoadGoldenForwardCase("once_upon");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  v1::GenerateRequest request;
+  request.set_prompt(kPrompt);
+  request.mutable_stopping()->set_max_new_tokens(3);
+  request.mutable_output()->set_prompt_logprobs(5);
+  request.mutable_output()->set_n(2);
+  const Outcome outcome = Call(*stub_, request);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  ASSERT_FALSE(outcome.responses.empty());
+  const v1::GenerateResponse& first = outcome.responses.front();
+  // Positions 1..4 of BOS "Once upon a time"; row p - 1 of the reference's
+  // logits is the distribution position p was drawn from.
+  ASSERT_EQ(first.prompt_logprobs_size(), static_cast<int>(golden->prompt.size()) - 1);
+  for (int i = 0; i < first.prompt_logprobs_size(); ++i) {
+    const v1::PromptTokenLogprob& entry = first.prompt_logprobs(i);
+    SCOPED_TRACE(entry.position());
+    EXPECT_EQ(entry.position(), i + 1);
+    EXPECT_EQ(entry.token_id(), golden->prompt[i + 1]);
+    const std::vector<double> reference = ReferenceLogSoftmax(golden->Row(i));
+    EXPECT_NEAR(entry.logprob(), reference[entry.token_id()], 2e-4);
+    std::vector<double> sorted = reference;
+    std::sort(sorted.rbegin(), sorted.rend());
+    ASSERT_EQ(entry.top_logprobs_size(), 5);
+    for (int k = 0; k < 5; ++k) {
+      EXPECT_NEAR(entry.top_logprobs(k).logprob(), reference[entry.top_logprobs(k).token_id()],
+                  2e-4);
+      EXPECT_NEAR(entry.top_logprobs(k).logprob(), sorted[k], 2e-4);
+    }
+  }
+  // Once per stream, whatever n.
+  for (size_t i = 1; i < outcome.responses.size(); ++i) {
+    EXPECT_EQ(outcome.responses[i].prompt_logprobs_size(), 0) << i;
+  }
 }
 
 // A Phi-3 checkpoint with its real chat template, served by both processes.
