@@ -8,9 +8,15 @@
 //   * Transformer::DecodeStep at each batch size with every sequence at
 //     `context` cached tokens (KV written through the real cache);
 // and prints step ms, tokens/s (batch / step) and step / weight-read time.
+// With --prefill_tokens it also times Transformer::Prefill of prompts of
+// those lengths against 2 · (linear-layer parameters) · tokens FLOPs, next
+// to the rate of one GEMM of the same [tokens, hidden] · [intermediate,
+// hidden]ᵀ shape measured just before (Backend::MatMul: OpenBLAS sgemm on
+// the CPU backend).
 //
 // Usage: pdserve-decode-step-bench --model_dir DIR [--batches 1,8,32,128]
 //          [--context 128] [--steps 10] [--device cpu]
+//          [--cpu_weight_dtype f32|bf16] [--prefill_tokens 128,512]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -47,17 +53,52 @@ double CopyReadBandwidth() {
   return bytes / best;
 }
 
-// Bytes of every weight the step reads, as the backend stores them (float32
-// on the CPU backend; lm_head counted once even when tied).
+// Parameters of one layer's linear projections (qkv, o, gate, up, down).
+double LayerLinearParams(const ModelConfig& c) {
+  return double(c.num_heads + 2 * c.num_kv_heads) * c.head_dim * c.hidden_size +  // qkv
+         double(c.num_heads) * c.head_dim * c.hidden_size +                      // o
+         3.0 * c.intermediate_size * c.hidden_size;                              // gate, up, down
+}
+
+// Bytes of every weight the step reads, matrices as the backend stores them
+// (`stored`), norm vectors in float32; lm_head counted once even when tied.
 double WeightBytes(const ModelConfig& c, DType stored) {
-  const double per_layer =
-      2.0 * c.hidden_size +                                                   // two norms
-      double(c.num_heads + 2 * c.num_kv_heads) * c.head_dim * c.hidden_size +  // qkv
-      double(c.num_heads) * c.head_dim * c.hidden_size +                      // o
-      3.0 * c.intermediate_size * c.hidden_size;                              // gate, up, down
   // The embedding gather reads one row per token: negligible.
-  const double total = c.num_layers * per_layer + c.hidden_size + double(c.vocab_size) * c.hidden_size;
-  return total * DTypeSize(stored);
+  const double matrices =
+      c.num_layers * LayerLinearParams(c) + double(c.vocab_size) * c.hidden_size;
+  const double vectors = (2.0 * c.num_layers + 1) * c.hidden_size;
+  return matrices * DTypeSize(stored) + vectors * 4;
+}
+
+// The dtype the backend's UploadWeight stores a matrix in.
+DType StoredMatrixDtype(Backend& backend) {
+  const float value = 0.0f;
+  const HostTensor probe{"probe", DType::kF32, {1, 1}, &value, sizeof(value)};
+  absl::StatusOr<BufferPtr> weight = backend.UploadWeight(std::span<const HostTensor>(&probe, 1));
+  return weight.ok() ? (*weight)->dtype() : DType::kF32;
+}
+
+// FLOP/s of Backend::MatMul at out[m, n] = x[m, k] · w[n, k]ᵀ (best of 3),
+// on buffers of zeros: the rate does not depend on the values.
+double MatMulRate(Backend& backend, int m, int n, int k) {
+  const DType dtype = backend.activation_dtype();
+  auto x = backend.Allocate(size_t(m) * k, dtype);
+  auto out = backend.Allocate(size_t(m) * n, dtype);
+  std::vector<float> zeros(size_t(n) * k, 0.0f);
+  const HostTensor w_view{"w", DType::kF32, {n, k}, zeros.data(), zeros.size() * 4};
+  auto w = backend.UploadWeight(std::span<const HostTensor>(&w_view, 1));
+  if (!x.ok() || !out.ok() || !w.ok() ||
+      !backend.CopyToDevice(zeros.data(), DType::kF32, size_t(m) * k, **x, 0).ok()) {
+    std::abort();
+  }
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    const auto start = Clock::now();
+    backend.MatMul(**x, **w, m, n, k, **out, /*accumulate=*/false);
+    if (!backend.Synchronize().ok()) std::abort();
+    best = std::min(best, Seconds(Clock::now() - start));
+  }
+  return 2.0 * m * n * k / best;
 }
 
 std::vector<int> ParseList(const std::string& text) {
@@ -78,7 +119,8 @@ int Fail(const std::string& message) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model_dir, device = "cpu", batches_text = "1,8,32,128";
+  std::string model_dir, device = "cpu", batches_text = "1,8,32,128", weight_dtype_text = "f32";
+  std::string prefill_text;
   int context = 128, steps = 10;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -87,16 +129,21 @@ int Main(int argc, char** argv) {
     else if (flag == "--context") context = std::atoi(value.c_str());
     else if (flag == "--steps") steps = std::atoi(value.c_str());
     else if (flag == "--device") device = value;
+    else if (flag == "--cpu_weight_dtype") weight_dtype_text = value;
+    else if (flag == "--prefill_tokens") prefill_text = value;
     else return Fail("unknown flag " + flag);
   }
   if (model_dir.empty()) return Fail("--model_dir is required");
   const std::vector<int> batches = ParseList(batches_text);
+  const std::vector<int> prefill_lengths = ParseList(prefill_text);
+  absl::StatusOr<DType> weight_dtype = ParseCpuWeightDtype(weight_dtype_text);
+  if (!weight_dtype.ok()) return Fail(weight_dtype.status().ToString());
 
   absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status().ToString());
   absl::StatusOr<ModelWeights> weights = LoadModelWeights(model_dir, *config);
   if (!weights.ok()) return Fail(weights.status().ToString());
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(device);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(device, CpuBackendOptions{.weight_dtype = *weight_dtype});
   if (!backend.ok()) return Fail(backend.status().ToString());
   absl::StatusOr<std::unique_ptr<Transformer>> model =
       Transformer::Create(*config, *weights, backend->get());
@@ -120,11 +167,12 @@ int Main(int argc, char** argv) {
   }
 
   const double bandwidth = CopyReadBandwidth();
-  const double weight_bytes = WeightBytes(*config, DType::kF32);
+  const DType stored = StoredMatrixDtype(**backend);
+  const double weight_bytes = WeightBytes(*config, stored);
   const double weight_read_ms = weight_bytes / bandwidth * 1e3;
-  std::printf("model %s: %d layers, hidden %d, weights %.1f MB as float32 on %s\n",
+  std::printf("model %s: %d layers, hidden %d, weights %.1f MB as %s on %s\n",
               config->architecture.c_str(), config->num_layers, config->hidden_size,
-              weight_bytes / 1e6, device.c_str());
+              weight_bytes / 1e6, std::string(DTypeName(stored)).c_str(), device.c_str());
   std::printf("memcpy read bandwidth %.1f GB/s -> weight-read time %.2f ms; context %d\n",
               bandwidth / 1e9, weight_read_ms, context);
   std::printf("%6s %12s %12s %14s %10s\n", "batch", "step ms", "tokens/s", "step/read time",
@@ -145,6 +193,27 @@ int Main(int argc, char** argv) {
     const double median = times[times.size() / 2];
     std::printf("%6d %12.2f %12.1f %14.2f %10d\n", batch, median, batch / median * 1e3,
                 median / weight_read_ms, steps);
+  }
+
+  if (!prefill_lengths.empty()) {
+    std::printf("%8s %12s %12s %14s %12s\n", "tokens", "prefill ms", "GFLOP/s", "GEMM GFLOP/s",
+                "prefill/GEMM");
+  }
+  for (int tokens : prefill_lengths) {
+    const double gemm_rate =
+        MatMulRate(**backend, tokens, config->intermediate_size, config->hidden_size);
+    std::vector<int32_t> prompt(tokens);
+    for (int i = 0; i < tokens; ++i) prompt[i] = (31 * i + 7) % config->vocab_size;
+    double best = 1e30;
+    for (int r = 0; r < 2; ++r) {
+      const auto start = Clock::now();
+      absl::StatusOr<std::vector<float>> hidden = (*model)->Prefill(prompt, LayerKvSink());
+      if (!hidden.ok()) return Fail(hidden.status().ToString());
+      best = std::min(best, Seconds(Clock::now() - start));
+    }
+    const double flops = 2.0 * config->num_layers * LayerLinearParams(*config) * tokens;
+    std::printf("%8d %12.1f %12.1f %14.1f %12.2f\n", tokens, best * 1e3, flops / best / 1e9,
+                gemm_rate / 1e9, flops / best / gemm_rate);
   }
   return 0;
 }
