@@ -15,7 +15,8 @@ namespace {
 // Activation rows one register tile covers, and weight rows per tile. With
 // 4 x 6 = 24 accumulators, 4 weight vectors and 1 activation vector the
 // tile uses 29 of the 32 zmm registers; per 16-lane step it issues 24 FMAs
-// for 10 loads, so the FMA units, not the loads, set the pace.
+// for 10 loads, so with the operands in cache the FMA units, not the loads,
+// set the pace.
 constexpr int kMaxRows = 6;
 constexpr int kRowsPerTile = 4;
 // One or two activation rows (decode of one or two sequences) leave the
@@ -184,8 +185,9 @@ void GemmRows(const T* x, int m, int k, const T* w, int n_begin, int n_end, floa
       const int rows = (m - i) / (groups - g);  // the remaining rows, evenly
       const int pf_first = g * kRowsPerTile / groups;
       const int pf_rows = prefetch ? (g + 1) * kRowsPerTile / groups - pf_first : 0;
+      const T* pf = prefetch ? w + (j + kRowsPerTile + pf_first) * ld : nullptr;
       Table::kFull[rows - 1](x + i * ld, ld, k, w + j * ld, out + static_cast<size_t>(i) * ldo + j,
-                             ldo, accumulate, w + (j + kRowsPerTile + pf_first) * ld, pf_rows);
+                             ldo, accumulate, pf, pf_rows);
       i += rows;
     }
   }
