@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/convert/convert.h"
+#include "proto/grpc_support/callback_cq_pin.h"
 #include "shared/model_fingerprint.h"
 #include "shared/status_macros.h"
 
@@ -226,6 +227,7 @@ InspectPrefillClient::InspectPrefillClient(const PrefillClientOptions& options,
   args.SetLoadBalancingPolicyName("round_robin");
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
+  PinCallbackCompletionQueue();  // before any callback call: see callback_cq_pin.h
   channel_ = grpc::CreateCustomChannel(options.channel_target, grpc::InsecureChannelCredentials(),
                                        args);
   stub_ = v1::PrefillService::NewStub(channel_);

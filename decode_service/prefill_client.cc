@@ -19,6 +19,7 @@
 #include "decode_service/decode_metrics.h"
 #include "decode_service/prefill_target.h"
 #include "proto/convert/convert.h"
+#include "proto/grpc_support/callback_cq_pin.h"
 #include "shared/status_macros.h"
 
 namespace pdserve {
@@ -33,6 +34,7 @@ grpc::ChannelArguments PrefillChannelArguments(int max_message_bytes) {
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, int max_message_bytes) {
+  PinCallbackCompletionQueue();  // before any callback call: see callback_cq_pin.h
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
                                    PrefillChannelArguments(max_message_bytes));
 }

@@ -6,11 +6,13 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include "absl/strings/str_cat.h"
+#include "proto/grpc_support/callback_cq_pin.h"
 
 namespace pdserve::bench {
 
 absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> ConnectToTarget(
     const std::string& target, int count, absl::Duration connect_timeout) {
+  PinCallbackCompletionQueue();  // before any callback call: see callback_cq_pin.h
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   const absl::Time deadline = absl::Now() + connect_timeout;
   for (int i = 0; i < count; ++i) {
