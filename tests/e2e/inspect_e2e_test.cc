@@ -2,9 +2,6 @@
 // processes on loopback, InspectService on the decode address (next to
 // GenerateService), and pdserve-cli inspect. Numbers are checked against the
 // float64 reference (tests/data/golden/stories260K_hidden_states.json).
-#include <stdio.h>
-#include <sys/wait.h>
-
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -31,17 +28,6 @@ using ::testing::HasSubstr;
 const std::string kModelDir = std::string(PDSERVE_SOURCE_DIR) + "/models/stories260K";
 const std::string kGoldenFile =
     std::string(PDSERVE_SOURCE_DIR) + "/tests/data/golden/stories260K_hidden_states.json";
-
-// Runs a shell command; returns its exit status and stdout+stderr.
-int RunCommand(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output->append(buffer, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 class InspectE2eTest : public ::testing::Test {
  protected:
@@ -80,7 +66,7 @@ class InspectE2eTest : public ::testing::Test {
 
   std::string Cli(const std::string& flags, int* exit_code) {
     std::string output;
-    *exit_code = RunCommand(
+    *exit_code = e2e::RunCommand(
         absl::StrCat(PDSERVE_CLI_BIN, " inspect --target ", decode_->address(), " ", flags),
         &output);
     return output;
