@@ -7,7 +7,7 @@
 #   tests/gpu/package.sh
 #
 # Builds, with -DPDSERVE_CUDA=ON in Release: cuda_backend_parity_test,
-# cuda_model_parity_test, pdserve-gpu-bench and, when they build,
+# cuda_model_parity_test, cuda_batched_prefill_test, pdserve-gpu-bench and, when they build,
 # pdserve-prefill, pdserve-decode and pdserve-cli. Packs into
 # tests/gpu/dist/pdserve-gpu.tar.xz (git-ignored):
 #   bin/       the executables, stripped, and the modules they dlopen
@@ -39,7 +39,7 @@ echo "package.sh: configuring $build (CUDA on, Release)"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPDSERVE_CUDA=ON \
   >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
 
-targets=(cuda_backend_parity_test cuda_model_parity_test pdserve-gpu-bench)
+targets=(cuda_backend_parity_test cuda_model_parity_test cuda_batched_prefill_test pdserve-gpu-bench)
 echo "package.sh: building ${targets[*]}"
 ninja -C "$build" -j "$jobs" "${targets[@]}"
 

@@ -86,8 +86,9 @@ note "nvidia-smi"
 timeout 30 nvidia-smi 2>&1 | tee "$logs/nvidia-smi.txt"
 
 # ---- 2. tests -----------------------------------------------------------------------
-declare -A test_limit=([cuda_backend_parity_test]=120 [cuda_model_parity_test]=90)
-for test in cuda_backend_parity_test cuda_model_parity_test; do
+declare -A test_limit=([cuda_backend_parity_test]=120 [cuda_model_parity_test]=90
+                       [cuda_batched_prefill_test]=60)
+for test in cuda_backend_parity_test cuda_model_parity_test cuda_batched_prefill_test; do
   note "$test"
   timeout "${test_limit[$test]}" "$work/bin/$test" --gtest_output="xml:$logs/$test.xml" 2>&1 | tee "$logs/$test.log" |
     grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|error|Error|Expected|Which is|seed' | awk 'NR <= 80'
