@@ -1,6 +1,5 @@
 #include "cli/inspect_format.h"
 
-
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -61,9 +60,9 @@ void AppendModule(const v1::ModuleNode& node, int depth, std::string* out) {
   if (!node.tied_to().empty()) {
     comment = absl::StrCat("  # tied to ", node.tied_to());
   } else if (node.parameters() > 0 && node.repeat() > 1) {
-    comment = absl::StrCat("  # ", node.repeat(), " x ",
-                           WithThousands(node.parameters() / node.repeat()), " = ",
-                           WithThousands(node.parameters()), " parameters");
+    comment =
+        absl::StrCat("  # ", node.repeat(), " x ", WithThousands(node.parameters() / node.repeat()),
+                     " = ", WithThousands(node.parameters()), " parameters");
   } else if (node.parameters() > 0) {
     comment = absl::StrCat("  # ", WithThousands(node.parameters()), " parameters");
   }
@@ -103,7 +102,8 @@ void AppendTensor(const v1::InspectResponse& response, const std::string& title,
   for (int i = 0; i < view.positions_size(); ++i) {
     if (static_cast<int64_t>(i + 1) * width > view.values_size()) break;
     const int position = view.positions(i);
-    absl::StrAppend(out, absl::StrFormat("  position %d (%s): ", position, Piece(response, position)),
+    absl::StrAppend(out,
+                    absl::StrFormat("  position %d (%s): ", position, Piece(response, position)),
                     RowText(view.values().data() + static_cast<size_t>(i) * width, width), "\n");
   }
 }
@@ -148,15 +148,15 @@ std::string FormatInspectResponse(const v1::InspectResponse& r) {
   }
 
   const int last = r.token_ids_size() - 1;
-  absl::StrAppend(&out, "\ntop ", r.next_tokens_size(), " next tokens after position ", last,
-                  " (", Piece(r, last), "):\n");
+  absl::StrAppend(&out, "\ntop ", r.next_tokens_size(), " next tokens after position ", last, " (",
+                  Piece(r, last), "):\n");
   absl::StrAppend(&out, absl::StrFormat("  %4s  %6s  %s  %11s  %9s\n", "rank", "id",
                                         PadRight("piece", 16), "probability", "logprob"));
   for (int i = 0; i < r.next_tokens_size(); ++i) {
     const v1::NextToken& next = r.next_tokens(i);
-    absl::StrAppend(&out, absl::StrFormat("  %4d  %6d  %s  %11.6f  %9.4f\n", i + 1, next.id(),
-                                          PadRight(next.piece(), 16), next.probability(),
-                                          next.logprob()));
+    absl::StrAppend(
+        &out, absl::StrFormat("  %4d  %6d  %s  %11.6f  %9.4f\n", i + 1, next.id(),
+                              PadRight(next.piece(), 16), next.probability(), next.logprob()));
   }
   absl::StrAppend(&out, absl::StrFormat("\n[prefill %.1f ms]\n", r.prefill_ms()));
   return out;

@@ -30,8 +30,7 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   void Begin(v1::PrefillService::Stub* stub, std::shared_ptr<InspectStream> self) {
     self_ = std::move(self);
     wire_request_.set_request_id(request_.request_id);
-    wire_request_.mutable_token_ids()->Assign(request_.token_ids.begin(),
-                                              request_.token_ids.end());
+    wire_request_.mutable_token_ids()->Assign(request_.token_ids.begin(), request_.token_ids.end());
     wire_request_.set_omit_kv(true);
     wire_request_.set_return_all_positions(request_.all_positions);
     wire_request_.mutable_hidden_state_layers()->Assign(request_.hidden_state_layers.begin(),
@@ -97,10 +96,10 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     PDSERVE_RETURN_IF_ERROR(CheckSameModel(expectation_->fingerprint, *theirs));
     if (header.hidden_size() != expectation_->hidden_size ||
         header.num_layers() != expectation_->num_layers) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "prefill header hidden_size/num_layers: prefill's ", header.hidden_size(), "/",
-          header.num_layers(), ", ours ", expectation_->hidden_size, "/",
-          expectation_->num_layers));
+      return absl::FailedPreconditionError(
+          absl::StrCat("prefill header hidden_size/num_layers: prefill's ", header.hidden_size(),
+                       "/", header.num_layers(), ", ours ", expectation_->hidden_size, "/",
+                       expectation_->num_layers));
     }
     result_.num_tokens = static_cast<int>(request_.token_ids.size());
     if (header.num_tokens() != result_.num_tokens) {
@@ -126,24 +125,22 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     const int layer = states.layer();
     auto rows = result_.hidden_states.find(layer);
     if (rows == result_.hidden_states.end()) {
-      return absl::InternalError(
-          absl::StrCat("inspect prefill stream: hidden states of layer ", layer, ", not asked for"));
+      return absl::InternalError(absl::StrCat("inspect prefill stream: hidden states of layer ",
+                                              layer, ", not asked for"));
     }
     const int first = states.first_token();
     const int count = states.num_tokens();
     if (first < 0 || count <= 0 || first > result_.num_tokens - count) {
-      return absl::InternalError(absl::StrCat("inspect prefill stream: hidden states of layer ",
-                                              layer, " for tokens [", first, ", ",
-                                              static_cast<int64_t>(first) + count,
-                                              ") outside the prompt [0, ", result_.num_tokens,
-                                              ")"));
+      return absl::InternalError(
+          absl::StrCat("inspect prefill stream: hidden states of layer ", layer, " for tokens [",
+                       first, ", ", static_cast<int64_t>(first) + count,
+                       ") outside the prompt [0, ", result_.num_tokens, ")"));
     }
     const int hidden = expectation_->hidden_size;
     if (states.values_size() != static_cast<int64_t>(count) * hidden) {
-      return absl::InternalError(absl::StrCat("inspect prefill stream: hidden states of layer ",
-                                              layer, " hold ", states.values_size(),
-                                              " values, expected ", count, " x hidden_size ",
-                                              hidden));
+      return absl::InternalError(absl::StrCat(
+          "inspect prefill stream: hidden states of layer ", layer, " hold ", states.values_size(),
+          " values, expected ", count, " x hidden_size ", hidden));
     }
     std::vector<bool>& seen = seen_[layer];
     for (int t = first; t < first + count; ++t) {
@@ -160,10 +157,9 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
 
   absl::Status ConsumeFinal(const v1::FinalHidden& final_hidden) {
     if (final_hidden.values_size() != expectation_->hidden_size) {
-      return absl::InternalError(absl::StrCat("prefill final hidden state: ",
-                                              final_hidden.values_size(),
-                                              " values, expected hidden_size ",
-                                              expectation_->hidden_size));
+      return absl::InternalError(
+          absl::StrCat("prefill final hidden state: ", final_hidden.values_size(),
+                       " values, expected hidden_size ", expectation_->hidden_size));
     }
     result_.final_hidden.assign(final_hidden.values().begin(), final_hidden.values().end());
     result_.prefill_ms = final_hidden.prefill_ms();
@@ -179,10 +175,9 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
         case grpc::StatusCode::UNAVAILABLE:
         case grpc::StatusCode::UNKNOWN:
         case grpc::StatusCode::CANCELLED:  // not by us: the instance went away
-          return absl::UnavailableError(
-              absl::StrCat(have_header_ ? "prefill instance failed mid-stream"
-                                        : "no prefill instance reachable",
-                           ": ", status.error_message()));
+          return absl::UnavailableError(absl::StrCat(
+              have_header_ ? "prefill instance failed mid-stream" : "no prefill instance reachable",
+              ": ", status.error_message()));
         default:
           return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                               absl::StrCat("prefill: ", status.error_message()));
@@ -228,8 +223,8 @@ InspectPrefillClient::InspectPrefillClient(const PrefillClientOptions& options,
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   PinCallbackCompletionQueue();  // before any callback call: see callback_cq_pin.h
-  channel_ = grpc::CreateCustomChannel(options.channel_target, grpc::InsecureChannelCredentials(),
-                                       args);
+  channel_ =
+      grpc::CreateCustomChannel(options.channel_target, grpc::InsecureChannelCredentials(), args);
   stub_ = v1::PrefillService::NewStub(channel_);
 }
 

@@ -34,7 +34,7 @@ struct InspectPrefillRequest {
 
 struct InspectPrefillResult {
   int num_tokens = 0;
-  DType kv_dtype = DType::kF32;  // the KV the prefill computed (none was sent)
+  DType kv_dtype = DType::kF32;     // the KV the prefill computed (none was sent)
   std::vector<float> final_hidden;  // [hidden_size], the last position after the final norm
   // layer -> [num_tokens, hidden_size] float32: -1..num_layers-1 as asked for,
   // num_layers for all_positions.

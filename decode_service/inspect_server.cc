@@ -49,9 +49,8 @@ void FillTensorView(const InspectPlan& plan, int hidden, std::span<const float> 
 // (FinalHidden alone covers the last).
 bool NeedsAllPositions(const InspectPlan& plan) {
   const int last = static_cast<int>(plan.token_ids.size()) - 1;
-  return plan.include_values &&
-         std::any_of(plan.positions.begin(), plan.positions.end(),
-                     [last](int32_t p) { return p != last; });
+  return plan.include_values && std::any_of(plan.positions.begin(), plan.positions.end(),
+                                            [last](int32_t p) { return p != last; });
 }
 
 // One Inspect call. Finish comes from whichever of two parties is last:
@@ -65,10 +64,9 @@ class InspectReactor final : public grpc::ServerUnaryReactor {
 
   void Start(InspectPrefillClient* prefill, InspectPlan plan, InspectPrefillRequest request) {
     plan_ = std::move(plan);
-    std::shared_ptr<InspectPrefillCall> call =
-        prefill->Start(std::move(request), [this](absl::StatusOr<InspectPrefillResult> result) {
-          OnPrefill(std::move(result));
-        });
+    std::shared_ptr<InspectPrefillCall> call = prefill->Start(
+        std::move(request),
+        [this](absl::StatusOr<InspectPrefillResult> result) { OnPrefill(std::move(result)); });
     bool cancel = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -122,8 +120,8 @@ class InspectReactor final : public grpc::ServerUnaryReactor {
       v1::KvCacheLayer* kv = response_->add_kv_cache();
       kv->set_layer(layer);
       for (auto* shape : {kv->mutable_key_shape(), kv->mutable_value_shape()}) {
-        for (int64_t d : {int64_t{1}, int64_t{config.num_kv_heads}, int64_t{n},
-                          int64_t{config.head_dim}}) {
+        for (int64_t d :
+             {int64_t{1}, int64_t{config.num_kv_heads}, int64_t{n}, int64_t{config.head_dim}}) {
           shape->Add(d);
         }
       }
@@ -136,8 +134,7 @@ class InspectReactor final : public grpc::ServerUnaryReactor {
       final_rows = all->second;
     } else {
       final_rows.assign(static_cast<size_t>(n) * hidden, 0.0f);
-      std::copy(result.final_hidden.begin(), result.final_hidden.end(),
-                final_rows.end() - hidden);
+      std::copy(result.final_hidden.begin(), result.final_hidden.end(), final_rows.end() - hidden);
     }
     FillTensorView(plan_, hidden, final_rows, response_->mutable_final_hidden());
     for (int32_t layer : plan_.layers) {
@@ -202,8 +199,7 @@ absl::StatusOr<InspectPlan> PlanInspect(const v1::InspectRequest& request,
     const int32_t layer = request.hidden_state_layers(i);
     if (layer < -1 || layer >= config.num_layers) {
       return absl::InvalidArgumentError(absl::StrCat("hidden_state_layers[", i, "]: ", layer,
-                                                     " outside [-1, num_layers=",
-                                                     config.num_layers,
+                                                     " outside [-1, num_layers=", config.num_layers,
                                                      ") (-1: the embeddings output)"));
     }
     if (std::find(plan.layers.begin(), plan.layers.end(), layer) != plan.layers.end()) {
@@ -217,9 +213,8 @@ absl::StatusOr<InspectPlan> PlanInspect(const v1::InspectRequest& request,
   const int n = static_cast<int>(plan.token_ids.size());
   if (n == 0) return absl::InvalidArgumentError("prompt: tokenizes to no tokens");
   if (n > config.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt: ", n,
-                                                   " tokens exceed max_position_embeddings ",
-                                                   config.max_position_embeddings));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", n, " tokens exceed max_position_embeddings ", config.max_position_embeddings));
   }
   for (int i = 0; i < request.hidden_positions_size(); ++i) {
     const int32_t asked = request.hidden_positions(i);
@@ -229,8 +224,7 @@ absl::StatusOr<InspectPlan> PlanInspect(const v1::InspectRequest& request,
                                                      ") for a prompt of ", n, " tokens"));
     }
     const int32_t position = asked < 0 ? asked + n : asked;
-    if (std::find(plan.positions.begin(), plan.positions.end(), position) !=
-        plan.positions.end()) {
+    if (std::find(plan.positions.begin(), plan.positions.end(), position) != plan.positions.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("hidden_positions[", i, "]: position ", position, " asked for twice"));
     }

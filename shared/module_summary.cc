@@ -29,19 +29,24 @@ std::string FamilyPrefix(const std::string& architecture) {
 }
 
 bool IsNumber(const std::string& name) {
-  return !name.empty() && std::all_of(name.begin(), name.end(),
-                                      [](char c) { return c >= '0' && c <= '9'; });
+  return !name.empty() &&
+         std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // Position of a module name in Hugging Face's definition order (the order
 // printing a model shows); unknown names go last.
 int DefinitionRank(const std::string& name) {
-  static constexpr std::string_view kOrder[] = {
-      "model",    "embed_tokens", "layers",        "norm",          "rotary_emb",
-      "lm_head",  "self_attn",    "mlp",           "input_layernorm", "post_attention_layernorm",
-      "q_proj",   "k_proj",       "v_proj",        "qkv_proj",      "o_proj",
-      "gate_proj", "up_proj",     "gate_up_proj",  "down_proj",     "act_fn",
-      "activation_fn"};
+  static constexpr std::string_view kOrder[] = {"model",           "embed_tokens",
+                                                "layers",          "norm",
+                                                "rotary_emb",      "lm_head",
+                                                "self_attn",       "mlp",
+                                                "input_layernorm", "post_attention_layernorm",
+                                                "q_proj",          "k_proj",
+                                                "v_proj",          "qkv_proj",
+                                                "o_proj",          "gate_proj",
+                                                "up_proj",         "gate_up_proj",
+                                                "down_proj",       "act_fn",
+                                                "activation_fn"};
   const auto* found = std::find(std::begin(kOrder), std::end(kOrder), name);
   return static_cast<int>(found - std::begin(kOrder));
 }
@@ -58,8 +63,8 @@ bool ComesBefore(const ModuleSummary& a, const ModuleSummary& b) {
 // Equal but for the name: what lets consecutive layers fold into one node.
 bool SameModule(const ModuleSummary& a, const ModuleSummary& b) {
   if (a.type != b.type || a.extra != b.extra || a.repeat != b.repeat ||
-      a.parameters != b.parameters || a.weight_shape != b.weight_shape ||
-      a.tied_to != b.tied_to || a.children.size() != b.children.size()) {
+      a.parameters != b.parameters || a.weight_shape != b.weight_shape || a.tied_to != b.tied_to ||
+      a.children.size() != b.children.size()) {
     return false;
   }
   for (size_t i = 0; i < a.children.size(); ++i) {
@@ -118,7 +123,8 @@ class Summarizer {
     for (const auto& [child_name, child] : raw.children) {
       node.children.push_back(Summarize(child, child_name, name, false));
     }
-    for (const auto& [parameter, tensor] : raw.parameters) node.parameters += tensor->num_elements();
+    for (const auto& [parameter, tensor] : raw.parameters)
+      node.parameters += tensor->num_elements();
     const auto weight = raw.parameters.find("weight");
     const HostTensor* w = weight == raw.parameters.end() ? nullptr : weight->second;
     if (w != nullptr) node.weight_shape = w->shape;
@@ -207,8 +213,8 @@ absl::StatusOr<ModuleSummary> SummarizeModules(const ModelConfig& config,
   for (const std::string& name : tensors.Names()) {
     const size_t dot = name.rfind('.');
     if (dot == std::string::npos || dot == 0 || dot + 1 == name.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "': not <module path>.<parameter>, so it has no module"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "': not <module path>.<parameter>, so it has no module"));
     }
     RawModule* module = &root;
     size_t begin = 0;

@@ -158,10 +158,10 @@ TEST_F(InspectServerTest, MatchesTheFloat64Reference) {
   ASSERT_EQ(final_hidden.values_size(), 3 * hidden);
   for (int i = 0; i < 3; ++i) {
     const int position = final_hidden.positions(i);
-    EXPECT_LT(MaxAbsDifference(
-                  std::span<const float>(final_hidden.values().data() + i * hidden, hidden),
-                  std::span<const float>(final_rows).subspan(position * hidden, hidden)),
-              1e-4f)
+    EXPECT_LT(
+        MaxAbsDifference(std::span<const float>(final_hidden.values().data() + i * hidden, hidden),
+                         std::span<const float>(final_rows).subspan(position * hidden, hidden)),
+        1e-4f)
         << "position " << position;
   }
 
@@ -190,8 +190,8 @@ TEST_F(InspectServerTest, MatchesTheFloat64Reference) {
     EXPECT_EQ(response.next_tokens(i).id(), expected["id"].get<int>()) << "rank " << i;
     EXPECT_EQ(response.next_tokens(i).piece(), expected["piece"].get<std::string>());
     EXPECT_NEAR(response.next_tokens(i).probability(), expected["probability"].get<double>(), 1e-4);
-    EXPECT_NEAR(response.next_tokens(i).logprob(),
-                std::log(response.next_tokens(i).probability()), 1e-5);
+    EXPECT_NEAR(response.next_tokens(i).logprob(), std::log(response.next_tokens(i).probability()),
+                1e-5);
   }
 
   // The KV cache HF would hold: [1, kv_heads, n, head_dim] per layer.

@@ -40,8 +40,8 @@ class InspectE2eTest : public ::testing::Test {
     prefill_ = prefill->release();
     e2e::ServiceProcessOptions decode_options;
     decode_options.binary = PDSERVE_DECODE_BIN;
-    decode_options.args = {"--model_dir", kModelDir, "--device", "cpu", "--prefill_target",
-                           prefill_->address()};
+    decode_options.args = {"--model_dir", kModelDir,          "--device",
+                           "cpu",         "--prefill_target", prefill_->address()};
     auto decode = e2e::ServiceProcess::Start(decode_options);
     ASSERT_TRUE(decode.ok()) << decode.status();
     decode_ = decode->release();
@@ -132,8 +132,8 @@ TEST_F(InspectE2eTest, CliPrintsTokensTreeShapesAndTopTokens) {
   EXPECT_THAT(out, HasSubstr("LlamaForCausalLM(  # 260,032 parameters\n"));
   EXPECT_THAT(out, HasSubstr("    (embed_tokens): Embedding(512, 64)"));
   EXPECT_THAT(out, HasSubstr("      (0-4): 5 x LlamaDecoderLayer("));
-  EXPECT_THAT(out, HasSubstr(
-                       "          (k_proj): Linear(in_features=64, out_features=32, bias=False)"));
+  EXPECT_THAT(out,
+              HasSubstr("          (k_proj): Linear(in_features=64, out_features=32, bias=False)"));
   EXPECT_THAT(out, HasSubstr("(lm_head): Linear(in_features=64, out_features=512, bias=False)"
                              "  # tied to model.embed_tokens"));
   EXPECT_THAT(out, HasSubstr("parameters: 260,032\n"));

@@ -30,8 +30,8 @@ constexpr double kBf16Tolerance = 1e-2;
 
 // What one prompt got, on the host in float32.
 struct Collected {
-  std::vector<std::vector<float>> k, v;       // [layer] -> [n, kv_width]
-  std::map<int, std::vector<float>> hidden;   // captured layer -> [n, hidden]
+  std::vector<std::vector<float>> k, v;      // [layer] -> [n, kv_width]
+  std::map<int, std::vector<float>> hidden;  // captured layer -> [n, hidden]
   std::vector<float> final_hidden;
 };
 
@@ -54,8 +54,8 @@ class CudaBatchedPrefillTest : public ::testing::Test {
   }
 
   // Runs `prompts` as one batch on `device` and collects what each got.
-  std::vector<Collected> Run(std::string_view device, const std::vector<std::vector<int32_t>>& prompts,
-                             int chunk_tokens) {
+  std::vector<Collected> Run(std::string_view device,
+                             const std::vector<std::vector<int32_t>>& prompts, int chunk_tokens) {
     auto backend = CreateBackend(device);
     EXPECT_TRUE(backend.ok()) << backend.status();
     auto model = Transformer::Create(config_, weights_, backend->get());
@@ -75,13 +75,12 @@ class CudaBatchedPrefillTest : public ::testing::Test {
       s.capture.hidden_state_layers = {-1, 1};
       Backend* b = backend->get();
       s.kv_sink = [b, &c, kv_width](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
-                                   int first, int count) -> absl::Status {
+                                    int first, int count) -> absl::Status {
         const size_t offset = first * kv_width;
-        absl::Status status = b->CopyToHost(k, offset, count * kv_width,
-                                            c.k[layer].data() + offset, DType::kF32);
+        absl::Status status =
+            b->CopyToHost(k, offset, count * kv_width, c.k[layer].data() + offset, DType::kF32);
         if (!status.ok()) return status;
-        return b->CopyToHost(v, offset, count * kv_width, c.v[layer].data() + offset,
-                             DType::kF32);
+        return b->CopyToHost(v, offset, count * kv_width, c.v[layer].data() + offset, DType::kF32);
       };
       s.hidden_sink = [&c, n, hidden](int layer, int first, int count,
                                       std::span<const float> values) {
