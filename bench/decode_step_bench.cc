@@ -10,9 +10,10 @@
 // and prints step ms, tokens/s (batch / step) and step / weight-read time.
 // With --prefill_tokens it also times Transformer::Prefill of prompts of
 // those lengths against 2 · (linear-layer parameters) · tokens FLOPs, next
-// to the rate of one GEMM of the same [tokens, hidden] · [intermediate,
-// hidden]ᵀ shape measured just before (Backend::MatMul: OpenBLAS sgemm on
-// the CPU backend).
+// to the rate of one layer's GEMMs at the same shapes measured just before
+// (Backend::MatMul: OpenBLAS sgemm on the CPU backend), so prefill/GEMM is
+// the share of the GEMM rate the whole prefill achieves (attention, norms,
+// RoPE and SiLU are the rest).
 //
 // Usage: pdserve-decode-step-bench --model_dir DIR [--batches 1,8,32,128]
 //          [--context 128] [--steps 10] [--device cpu]
@@ -24,6 +25,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/backend_factory.h"
@@ -60,6 +62,39 @@ double LayerLinearParams(const ModelConfig& c) {
          3.0 * c.intermediate_size * c.hidden_size;                              // gate, up, down
 }
 
+// Bytes per second of reading a 1 GiB float buffer with every core (a sum
+// per thread over its share; best of 5): the read-only limit, which a copy
+// understates because it also writes.
+double ParallelReadBandwidth() {
+  const size_t count = (size_t{1} << 30) / sizeof(float);
+  std::vector<float> data(count, 1.0f);
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<double> sums(threads);
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    const auto start = Clock::now();
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&, t] {
+        const size_t begin = count * t / threads, end = count * (t + 1) / threads;
+        float acc[16] = {};
+        for (size_t i = begin; i + 16 <= end; i += 16) {
+          for (int j = 0; j < 16; ++j) acc[j] += data[i + j];
+        }
+        double total = 0;
+        for (float a : acc) total += a;
+        sums[t] = total;
+      });
+    }
+    for (std::thread& w : workers) w.join();
+    best = std::min(best, Seconds(Clock::now() - start));
+  }
+  double total = 0;
+  for (double s : sums) total += s;
+  if (total < 1.0) std::abort();
+  return count * sizeof(float) / best;
+}
+
 // Bytes of every weight the step reads, matrices as the backend stores them
 // (`stored`), norm vectors in float32; lm_head counted once even when tied.
 double WeightBytes(const ModelConfig& c, DType stored) {
@@ -78,27 +113,48 @@ DType StoredMatrixDtype(Backend& backend) {
   return weight.ok() ? (*weight)->dtype() : DType::kF32;
 }
 
-// FLOP/s of Backend::MatMul at out[m, n] = x[m, k] · w[n, k]ᵀ (best of 3),
-// on buffers of zeros: the rate does not depend on the values.
-double MatMulRate(Backend& backend, int m, int n, int k) {
+// FLOP/s of the GEMMs of one decoder layer over `m` tokens through
+// Backend::MatMul (qkv, o, gate_up, down: [m, in] · [out, in]ᵀ each), best of
+// 3 on buffers of zeros (the rate does not depend on the values): what a
+// prefill's linear layers could run at if nothing else took time.
+double LayerGemmRate(Backend& backend, const ModelConfig& c, int m) {
+  struct Shape {
+    int n, k;
+  };
+  const int q_width = c.num_heads * c.head_dim;
+  const Shape shapes[] = {{q_width + 2 * c.num_kv_heads * c.head_dim, c.hidden_size},
+                          {c.hidden_size, q_width},
+                          {2 * c.intermediate_size, c.hidden_size},
+                          {c.hidden_size, c.intermediate_size}};
+  const int widest = std::max({c.hidden_size, q_width, c.intermediate_size});
   const DType dtype = backend.activation_dtype();
-  auto x = backend.Allocate(size_t(m) * k, dtype);
-  auto out = backend.Allocate(size_t(m) * n, dtype);
-  std::vector<float> zeros(size_t(n) * k, 0.0f);
-  const HostTensor w_view{"w", DType::kF32, {n, k}, zeros.data(), zeros.size() * 4};
-  auto w = backend.UploadWeight(std::span<const HostTensor>(&w_view, 1));
-  if (!x.ok() || !out.ok() || !w.ok() ||
-      !backend.CopyToDevice(zeros.data(), DType::kF32, size_t(m) * k, **x, 0).ok()) {
+  std::vector<float> zeros(size_t(2 * c.intermediate_size) * widest, 0.0f);
+  auto x = backend.Allocate(size_t(m) * widest, dtype);
+  auto out = backend.Allocate(size_t(m) * 2 * c.intermediate_size, dtype);
+  if (!x.ok() || !out.ok() ||
+      !backend.CopyToDevice(zeros.data(), DType::kF32, size_t(m) * widest, **x, 0).ok()) {
     std::abort();
+  }
+  std::vector<BufferPtr> weights;
+  double flops = 0;
+  for (const Shape& shape : shapes) {
+    const HostTensor view{"w", DType::kF32, {shape.n, shape.k}, zeros.data(),
+                          size_t(shape.n) * shape.k * 4};
+    auto w = backend.UploadWeight(std::span<const HostTensor>(&view, 1));
+    if (!w.ok()) std::abort();
+    weights.push_back(*std::move(w));
+    flops += 2.0 * m * shape.n * shape.k;
   }
   double best = 1e30;
   for (int r = 0; r < 3; ++r) {
     const auto start = Clock::now();
-    backend.MatMul(**x, **w, m, n, k, **out, /*accumulate=*/false);
+    for (size_t i = 0; i < weights.size(); ++i) {
+      backend.MatMul(**x, *weights[i], m, shapes[i].n, shapes[i].k, **out, /*accumulate=*/false);
+    }
     if (!backend.Synchronize().ok()) std::abort();
     best = std::min(best, Seconds(Clock::now() - start));
   }
-  return 2.0 * m * n * k / best;
+  return flops / best;
 }
 
 std::vector<int> ParseList(const std::string& text) {
@@ -170,13 +226,17 @@ int Main(int argc, char** argv) {
   const DType stored = StoredMatrixDtype(**backend);
   const double weight_bytes = WeightBytes(*config, stored);
   const double weight_read_ms = weight_bytes / bandwidth * 1e3;
+  const double read_bandwidth = ParallelReadBandwidth();
+  const double weight_read_all_cores_ms = weight_bytes / read_bandwidth * 1e3;
   std::printf("model %s: %d layers, hidden %d, weights %.1f MB as %s on %s\n",
               config->architecture.c_str(), config->num_layers, config->hidden_size,
               weight_bytes / 1e6, std::string(DTypeName(stored)).c_str(), device.c_str());
   std::printf("memcpy read bandwidth %.1f GB/s -> weight-read time %.2f ms; context %d\n",
               bandwidth / 1e9, weight_read_ms, context);
-  std::printf("%6s %12s %12s %14s %10s\n", "batch", "step ms", "tokens/s", "step/read time",
-              "(steps)");
+  std::printf("all-core read bandwidth %.1f GB/s -> weight-read time %.2f ms\n",
+              read_bandwidth / 1e9, weight_read_all_cores_ms);
+  std::printf("%6s %12s %12s %14s %16s %8s\n", "batch", "step ms", "tokens/s", "step/copy-read",
+              "step/all-core-read", "(steps)");
   for (int batch : batches) {
     std::vector<double> times;
     for (int step = 0; step < steps + 1; ++step) {  // the first step is a warm-up
@@ -191,8 +251,8 @@ int Main(int argc, char** argv) {
     }
     std::sort(times.begin(), times.end());
     const double median = times[times.size() / 2];
-    std::printf("%6d %12.2f %12.1f %14.2f %10d\n", batch, median, batch / median * 1e3,
-                median / weight_read_ms, steps);
+    std::printf("%6d %12.2f %12.1f %14.2f %16.2f %8d\n", batch, median, batch / median * 1e3,
+                median / weight_read_ms, median / weight_read_all_cores_ms, steps);
   }
 
   if (!prefill_lengths.empty()) {
@@ -200,8 +260,7 @@ int Main(int argc, char** argv) {
                 "prefill/GEMM");
   }
   for (int tokens : prefill_lengths) {
-    const double gemm_rate =
-        MatMulRate(**backend, tokens, config->intermediate_size, config->hidden_size);
+    const double gemm_rate = LayerGemmRate(**backend, *config, tokens);
     std::vector<int32_t> prompt(tokens);
     for (int i = 0; i < tokens; ++i) prompt[i] = (31 * i + 7) % config->vocab_size;
     double best = 1e30;
