@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cpu/cpu_math.h"
 
@@ -230,6 +231,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void RoundToBf16
     const __mmask16 mask = TailMask(static_cast<int>(n - i));
     const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + i));
     _mm256_mask_storeu_epi16(out + i, mask, (__m256i)rounded);
+  }
+}
+
+__attribute__((target("avx512f"))) void WidenBf16(const uint16_t* x, size_t n, float* out) {
+  // A bfloat16 is the top half of a float32: zero-extend, shift left 16.
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    _mm512_storeu_si512(out + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  }
+  for (; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
+    std::memcpy(out + i, &bits, 4);
   }
 }
 

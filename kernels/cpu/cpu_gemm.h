@@ -43,6 +43,10 @@ void GemmBf16Rows(const uint16_t* x, int m, int k, const uint16_t* w, int n_begi
 // vcvtneps2bf16 does). Needs CpuHasAvx512Bf16Gemm().
 void RoundToBf16(const float* x, size_t n, uint16_t* out);
 
+// out[i] = x[i] widened from bfloat16 to float32 (exact). Needs
+// CpuHasAvx512F() (cpu_math.h).
+void WidenBf16(const uint16_t* x, size_t n, float* out);
+
 // Weight rows per unit of work a caller hands to one thread: a multiple of
 // every tile height, small enough that a few chunks per thread balance the
 // threads, large enough that a chunk streams at full memory speed.

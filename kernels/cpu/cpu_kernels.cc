@@ -79,11 +79,17 @@ void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int 
   // multiply-adds at prefill sizes; blocks of rows keep the float32 copy
   // cache-sized rather than weight-sized.
   constexpr int kWidenRows = 256;
+  const bool avx512 = CpuHasAvx512F();
   std::vector<float> block(static_cast<size_t>(std::min(n, kWidenRows)) * k);
   for (int begin = 0; begin < n; begin += kWidenRows) {
     const int rows = std::min(kWidenRows, n - begin);
-    ConvertToFloat(w + static_cast<size_t>(begin) * k, DType::kBF16,
-                   static_cast<size_t>(rows) * k, block.data());
+    const uint16_t* w_rows = w + static_cast<size_t>(begin) * k;
+    const size_t elements = static_cast<size_t>(rows) * k;
+    if (avx512) {
+      WidenBf16(w_rows, elements, block.data());
+    } else {
+      ConvertToFloat(w_rows, DType::kBF16, elements, block.data());
+    }
     BlasMatMul(x, block.data(), m, rows, k, out + begin, n, accumulate ? 1.0f : 0.0f);
   }
 }

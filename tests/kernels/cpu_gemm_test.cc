@@ -164,5 +164,26 @@ TEST_F(CpuBackendGemmTest, RoundToBf16IsNearestEven) {
   }
 }
 
+TEST_F(CpuBackendGemmTest, WidenBf16IsExact) {
+  if (!CpuHasAvx512F()) GTEST_SKIP() << "no AVX-512F on this CPU";
+  for (size_t n : {1, 15, 16, 17, 100}) {
+    SCOPED_TRACE(testing::Message() << "n=" << n);
+    std::vector<uint16_t> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = static_cast<uint16_t>(rng_());
+    x[0] = 0xff80;  // -infinity
+    std::vector<float> out(n + 1, 7.0f);  // one past the end stays untouched
+    WidenBf16(x.data(), n, out.data());
+    for (size_t i = 0; i < n; ++i) {
+      const float expected = Bf16BitsToFloat(x[i]);
+      if (std::isnan(expected)) {
+        EXPECT_TRUE(std::isnan(out[i])) << "element " << i;
+      } else {
+        EXPECT_EQ(out[i], expected) << "element " << i;
+      }
+    }
+    EXPECT_EQ(out[n], 7.0f);
+  }
+}
+
 }  // namespace
 }  // namespace pdserve::cpu
