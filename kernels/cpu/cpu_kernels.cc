@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/cpu_amx.h"
 #include "kernels/cpu/cpu_gemm.h"
 #include "kernels/cpu/cpu_math.h"
 
@@ -67,6 +68,26 @@ void MatMul(ThreadPool& pool, const float* x, const float* w, int m, int n, int 
 
 void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int n, int k,
                 float* out, bool accumulate) {
+  if (k % kAmxColumns == 0 && AmxBf16Available()) {
+    // AMX for every batch size: as fast as the AVX-512 kernel when the weight
+    // read dominates (one row), 3-5x faster from a few rows on. Weight rows
+    // past the last multiple of 16 go to the AVX-512 kernel.
+    const PackedActivations packed(x, m, k);
+    const int amx_rows = n / 16 * 16;
+    std::vector<uint16_t> x_bf16;
+    if (amx_rows < n) {
+      x_bf16.resize(static_cast<size_t>(m) * k);
+      RoundToBf16(x, x_bf16.size(), x_bf16.data());
+    }
+    ForRowChunks(pool, n, [&](int begin, int end) {
+      const int amx_end = std::min(end, amx_rows);
+      if (begin < amx_end) AmxGemmBf16Rows(packed, w, begin, amx_end, out, n, accumulate);
+      if (amx_end < end) {
+        GemmBf16Rows(x_bf16.data(), m, k, w, std::max(begin, amx_end), end, out, n, accumulate);
+      }
+    });
+    return;
+  }
   if (m <= kSkinnyMaxRowsBf16 && CpuHasAvx512Bf16Gemm()) {
     std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * k);
     RoundToBf16(x, x_bf16.size(), x_bf16.data());

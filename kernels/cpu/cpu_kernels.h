@@ -23,10 +23,11 @@ void Embedding(const void* table, DType table_dtype, const int32_t* ids, int n, 
 void MatMul(ThreadPool& pool, const float* x, const float* w, int m, int n, int k, float* out,
             bool accumulate);
 
-// As MatMul with a bfloat16 weight. On a CPU with AVX-512 BF16, up to
-// kSkinnyMaxRowsBf16 rows are rounded to bfloat16 and multiplied by
-// cpu_gemm.h's kernel (float32 sums); otherwise the weight is widened to
-// float32 a block of rows at a time for OpenBLAS, x staying float32.
+// As MatMul with a bfloat16 weight. x is rounded to bfloat16 and multiplied
+// with float32 sums on the AMX tile unit (cpu_amx.h) when the CPU and Linux
+// allow it and k % 32 == 0, else by cpu_gemm.h's AVX-512 BF16 kernel up to
+// kSkinnyMaxRowsBf16 rows; otherwise the weight is widened to float32 a
+// block of rows at a time for OpenBLAS, x staying float32.
 void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int n, int k,
                 float* out, bool accumulate);
 

@@ -556,11 +556,13 @@ TEST_F(CpuBackendBf16Test, UploadWeightStoresMatricesAsBf16AndVectorsAsF32) {
   ExpectClose(Download(**fused, expected.size()), expected, 0.0);
 }
 
-// m up to 128 takes the AVX-512 BF16 kernel where the CPU has it; 129 and
-// 200 widen the weight for OpenBLAS.
+// k a multiple of 32 takes the AMX kernel where the CPU has it (n = 40 and
+// 257: its last rows go to the AVX-512 one); other k: m up to 128 takes
+// the AVX-512 BF16 kernel, 129 and 200 widen the weight for OpenBLAS.
 TEST_F(CpuBackendBf16Test, MatMul) {
   for (int m : {1, 2, 7, 17, 129, 200}) {
-    for (auto [n, k] : {std::pair{1, 1}, {5, 7}, {64, 129}, {257, 33}}) {
+    for (auto [n, k] :
+         {std::pair{1, 1}, {5, 7}, {64, 129}, {257, 33}, {40, 64}, {257, 96}, {64, 32}}) {
       for (bool accumulate : {false, true}) {
         SCOPED_TRACE(testing::Message()
                      << "m=" << m << " n=" << n << " k=" << k << " accumulate=" << accumulate);
