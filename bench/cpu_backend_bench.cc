@@ -49,8 +49,8 @@ void BM_MatMul(benchmark::State& state) {
     benchmark::DoNotOptimize(out->data());
     benchmark::ClobberMemory();
   }
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * m * n * k,
-                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["weight_bytes/s"] = benchmark::Counter(
       double(DTypeSize(w->dtype())) * n * k, benchmark::Counter::kIsIterationInvariantRate,
       benchmark::Counter::kIs1024);

@@ -58,8 +58,8 @@ double CopyReadBandwidth() {
 // Parameters of one layer's linear projections (qkv, o, gate, up, down).
 double LayerLinearParams(const ModelConfig& c) {
   return double(c.num_heads + 2 * c.num_kv_heads) * c.head_dim * c.hidden_size +  // qkv
-         double(c.num_heads) * c.head_dim * c.hidden_size +                      // o
-         3.0 * c.intermediate_size * c.hidden_size;                              // gate, up, down
+         double(c.num_heads) * c.head_dim * c.hidden_size +                       // o
+         3.0 * c.intermediate_size * c.hidden_size;                               // gate, up, down
 }
 
 // Bytes per second of reading a 1 GiB float buffer with every core (a sum
@@ -138,8 +138,8 @@ double LayerGemmRate(Backend& backend, const ModelConfig& c, int m) {
   std::vector<BufferPtr> weights;
   double flops = 0;
   for (const Shape& shape : shapes) {
-    const HostTensor view{"w", DType::kF32, {shape.n, shape.k}, zeros.data(),
-                          size_t(shape.n) * shape.k * 4};
+    const HostTensor view{
+        "w", DType::kF32, {shape.n, shape.k}, zeros.data(), size_t(shape.n) * shape.k * 4};
     auto w = backend.UploadWeight(std::span<const HostTensor>(&view, 1));
     if (!w.ok()) std::abort();
     weights.push_back(*std::move(w));
@@ -199,7 +199,8 @@ int Main(int argc, char** argv) {
   if (!config.ok()) return Fail(config.status().ToString());
   absl::StatusOr<ModelWeights> weights = LoadModelWeights(model_dir, *config);
   if (!weights.ok()) return Fail(weights.status().ToString());
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(device, CpuBackendOptions{.weight_dtype = *weight_dtype});
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      CreateBackend(device, CpuBackendOptions{.weight_dtype = *weight_dtype});
   if (!backend.ok()) return Fail(backend.status().ToString());
   absl::StatusOr<std::unique_ptr<Transformer>> model =
       Transformer::Create(*config, *weights, backend->get());

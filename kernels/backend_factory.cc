@@ -29,15 +29,16 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device,
 #ifdef PDSERVE_HAVE_CUDA
     if (CudaDeviceCount() > 0) return CreateCudaBackend();
     if (device == "auto") return CreateCpuBackend(cpu_options);
-    return absl::UnavailableError("--device cuda: no CUDA device is present (or the driver failed)");
+    return absl::UnavailableError(
+        "--device cuda: no CUDA device is present (or the driver failed)");
 #else
     if (device == "auto") return CreateCpuBackend(cpu_options);
     return absl::UnavailableError(
         "--device cuda: this build has no CUDA backend (configure with -DPDSERVE_CUDA=ON)");
 #endif
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--device: unknown device '", std::string(device), "' (expected cpu, cuda or auto)"));
+  return absl::InvalidArgumentError(absl::StrCat("--device: unknown device '", std::string(device),
+                                                 "' (expected cpu, cuda or auto)"));
 }
 
 absl::StatusOr<DType> ParseCpuWeightDtype(std::string_view text) {

@@ -1,7 +1,7 @@
 // The CPU backend: its own AVX-512 GEMM for decode-sized batches, OpenBLAS
 // for prefill-sized ones (AMX for bfloat16 weights where the CPU has it),
-// plain loops (vectorised where it pays) for the rest. With float32 weights it is the numerical reference the CUDA backend
-// is checked against.
+// plain loops (vectorised where it pays) for the rest. With float32 weights
+// it is the numerical reference the CUDA backend is checked against.
 #ifndef PDSERVE_KERNELS_CPU_CPU_BACKEND_H_
 #define PDSERVE_KERNELS_CPU_CPU_BACKEND_H_
 

@@ -220,8 +220,9 @@ void GemmBf16Rows(const uint16_t* x, int m, int k, const uint16_t* w, int n_begi
   GemmRows<uint16_t, Bf16Tile>(x, m, k, w, n_begin, n_end, out, ldo, accumulate);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void RoundToBf16(const float* x, size_t n,
-                                                                         uint16_t* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void RoundToBf16(const float* x,
+                                                                                 size_t n,
+                                                                                 uint16_t* out) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));

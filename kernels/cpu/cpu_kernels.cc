@@ -191,8 +191,8 @@ __attribute__((target("avx512f"))) void SiluMulRowAvx512(const float* gate, cons
   for (; j + 16 <= f; j += 16) {
     const __m512 g = _mm512_loadu_ps(gate + j);
     const __m512 e = Exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
-    _mm512_storeu_ps(dst + j, _mm512_div_ps(_mm512_mul_ps(g, _mm512_loadu_ps(up + j)),
-                                            _mm512_add_ps(one, e)));
+    _mm512_storeu_ps(
+        dst + j, _mm512_div_ps(_mm512_mul_ps(g, _mm512_loadu_ps(up + j)), _mm512_add_ps(one, e)));
   }
   if (j < f) {
     const __mmask16 tail = TailMask(f - j);

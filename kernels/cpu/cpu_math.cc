@@ -30,7 +30,8 @@ __attribute__((target("avx512f"))) void SoftmaxAvx512(float* s, int n) {
   for (j = 0; j + 16 <= n; j += 16) {
     _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv_sum));
   }
-  if (j < n) _mm512_mask_storeu_ps(s + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, s + j), inv_sum));
+  if (j < n)
+    _mm512_mask_storeu_ps(s + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, s + j), inv_sum));
 }
 
 }  // namespace

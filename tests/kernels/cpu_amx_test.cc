@@ -43,9 +43,9 @@ TEST(CpuBackendAmxTest, MatchesReference) {
     for (int k : {32, 96, 2048}) {
       for (Range range : {Range{0, 16, 16}, Range{16, 80, 90}, Range{0, 48, 48}}) {
         for (bool accumulate : {false, true}) {
-          SCOPED_TRACE(testing::Message() << "m=" << m << " k=" << k << " rows [" << range.n_begin
-                                          << ", " << range.n_end << ") ldo=" << range.ldo
-                                          << " accumulate=" << accumulate);
+          SCOPED_TRACE(testing::Message()
+                       << "m=" << m << " k=" << k << " rows [" << range.n_begin << ", "
+                       << range.n_end << ") ldo=" << range.ldo << " accumulate=" << accumulate);
           std::vector<float> x(static_cast<size_t>(m) * k);
           for (float& v : x) v = uniform(rng);
           std::vector<uint16_t> w(static_cast<size_t>(range.n_end) * k);

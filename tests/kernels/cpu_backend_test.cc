@@ -582,8 +582,7 @@ TEST_F(CpuBackendBf16Test, MatMul) {
               magnitude += std::fabs(product);
             }
             ASSERT_LE(std::fabs(got[i * n + j] - sum), std::ldexp(magnitude, -8) + 1e-6)
-                << "row " << i << " column " << j << ": got " << got[i * n + j] << ", want "
-                << sum;
+                << "row " << i << " column " << j << ": got " << got[i * n + j] << ", want " << sum;
           }
         }
       }

@@ -53,8 +53,8 @@ std::vector<Case> Cases() {
   std::vector<Case> cases;
   for (int m : {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 32}) {
     for (int k : {1, 15, 16, 33, 64, 200}) {
-      cases.push_back({m, k, 0, 37, 37});   // tall / full tiles, then single rows
-      cases.push_back({m, k, 3, 70, 75});   // a range inside a wider output
+      cases.push_back({m, k, 0, 37, 37});  // tall / full tiles, then single rows
+      cases.push_back({m, k, 3, 70, 75});  // a range inside a wider output
     }
   }
   return cases;
@@ -98,7 +98,8 @@ class CpuBackendGemmTest : public ::testing::Test {
         double sum = base.empty() ? 0.0 : base[static_cast<size_t>(i) * c.ldo + j];
         double magnitude = std::fabs(sum);
         for (int l = 0; l < c.k; ++l) {
-          const double product = x[static_cast<size_t>(i) * c.k + l] * w[static_cast<size_t>(j) * c.k + l];
+          const double product =
+              x[static_cast<size_t>(i) * c.k + l] * w[static_cast<size_t>(j) * c.k + l];
           sum += product;
           magnitude += std::fabs(product);
         }
@@ -121,8 +122,8 @@ TEST_F(CpuBackendGemmTest, F32RowsMatchReference) {
       std::vector<float> base;
       std::vector<float> out = StartingOutput(c, accumulate, &base);
       GemmF32Rows(x.data(), c.m, c.k, w.data(), c.n_begin, c.n_end, out.data(), c.ldo, accumulate);
-      Check(c, out, std::vector<double>(x.begin(), x.end()), std::vector<double>(w.begin(), w.end()),
-            base, 1e-6);
+      Check(c, out, std::vector<double>(x.begin(), x.end()),
+            std::vector<double>(w.begin(), w.end()), base, 1e-6);
     }
   }
 }
@@ -139,12 +140,13 @@ TEST_F(CpuBackendGemmTest, Bf16RowsMatchReference) {
       const std::vector<float> wf = Random(static_cast<size_t>(c.n_end) * c.k);
       std::vector<uint16_t> x(xf.size()), w(wf.size());
       std::vector<double> x_exact(xf.size()), w_exact(wf.size());
-      for (size_t i = 0; i < xf.size(); ++i) x_exact[i] = Bf16BitsToFloat(x[i] = RoundToBf16Bits(xf[i]));
-      for (size_t i = 0; i < wf.size(); ++i) w_exact[i] = Bf16BitsToFloat(w[i] = RoundToBf16Bits(wf[i]));
+      for (size_t i = 0; i < xf.size(); ++i)
+        x_exact[i] = Bf16BitsToFloat(x[i] = RoundToBf16Bits(xf[i]));
+      for (size_t i = 0; i < wf.size(); ++i)
+        w_exact[i] = Bf16BitsToFloat(w[i] = RoundToBf16Bits(wf[i]));
       std::vector<float> base;
       std::vector<float> out = StartingOutput(c, accumulate, &base);
-      GemmBf16Rows(x.data(), c.m, c.k, w.data(), c.n_begin, c.n_end, out.data(), c.ldo,
-                   accumulate);
+      GemmBf16Rows(x.data(), c.m, c.k, w.data(), c.n_begin, c.n_end, out.data(), c.ldo, accumulate);
       Check(c, out, x_exact, w_exact, base, 1e-6);
     }
   }
@@ -170,7 +172,7 @@ TEST_F(CpuBackendGemmTest, WidenBf16IsExact) {
     SCOPED_TRACE(testing::Message() << "n=" << n);
     std::vector<uint16_t> x(n);
     for (size_t i = 0; i < n; ++i) x[i] = static_cast<uint16_t>(rng_());
-    x[0] = 0xff80;  // -infinity
+    x[0] = 0xff80;                        // -infinity
     std::vector<float> out(n + 1, 7.0f);  // one past the end stays untouched
     WidenBf16(x.data(), n, out.data());
     for (size_t i = 0; i < n; ++i) {
