@@ -1,5 +1,6 @@
 #include "cli/generate_command.h"
 
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -90,6 +91,7 @@ absl::StatusOr<v1::GenerateRequest> BuildGenerateRequest(const GenerateOptions& 
   v1::OutputOptions* output = request.mutable_output();
   output->set_logprobs(options.logprobs >= 0);
   output->set_top_logprobs(options.logprobs > 0 ? options.logprobs : 0);
+  if (options.prompt_logprobs >= 0) output->set_prompt_logprobs(options.prompt_logprobs);
   output->set_n(options.n);
   return request;
 }
@@ -127,6 +129,55 @@ std::string FormatLogprobLine(const v1::GenerateResponse& response) {
     }
   }
   return line + "\n";
+}
+
+std::string PadToColumns(const std::string& text, size_t width) {
+  size_t characters = 0;
+  for (char c : text) characters += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return characters >= width ? text : text + std::string(width - characters, ' ');
+}
+
+std::string FormatPromptLogprobs(const v1::GenerateResponse& first,
+                                 const v1::TokenizeResponse& prompt_tokens) {
+  const auto& entries = first.prompt_logprobs();
+  if (entries.empty()) return "";
+  // Tokenize's answer names every position only if it is the same prompt.
+  bool tokens_agree = prompt_tokens.token_ids_size() == entries.size() + 1 &&
+                      prompt_tokens.pieces_size() == prompt_tokens.token_ids_size();
+  for (int i = 0; tokens_agree && i < entries.size(); ++i) {
+    const int position = entries[i].position();
+    tokens_agree = position >= 0 && position < prompt_tokens.token_ids_size() &&
+                   prompt_tokens.token_ids(position) == entries[i].token_id();
+  }
+  std::string out = absl::StrCat("prompt logprobs (", entries.size() + 1, " tokens):\n");
+  if (tokens_agree) {
+    absl::StrAppendFormat(&out, "  %4d  %6d  %s\n", 0, prompt_tokens.token_ids(0),
+                          prompt_tokens.pieces(0));
+  }
+  double sum = 0.0;
+  for (const v1::PromptTokenLogprob& entry : entries) {
+    std::string piece = "?";
+    if (tokens_agree) {
+      piece = prompt_tokens.pieces(entry.position());
+    } else {
+      for (const v1::TokenLogprob& top : entry.top_logprobs()) {
+        if (top.token_id() == entry.token_id()) piece = top.piece();
+      }
+    }
+    absl::StrAppendFormat(&out, "  %4d  %6d  %s  %9.4f", entry.position(), entry.token_id(),
+                          PadToColumns(piece, 16), entry.logprob());
+    if (entry.top_logprobs_size() > 0) {
+      out += "  |";
+      for (const v1::TokenLogprob& top : entry.top_logprobs()) {
+        absl::StrAppendFormat(&out, " %s=%.4f", top.piece(), top.logprob());
+      }
+    }
+    out += "\n";
+    sum += entry.logprob();
+  }
+  absl::StrAppendFormat(&out, "  sum %.4f over %d tokens, perplexity %.4f\n", sum, entries.size(),
+                        std::exp(-sum / entries.size()));
+  return out;
 }
 
 std::string SampleOutput::text() const {

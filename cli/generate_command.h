@@ -4,6 +4,7 @@
 #ifndef PDSERVE_CLI_GENERATE_COMMAND_H_
 #define PDSERVE_CLI_GENERATE_COMMAND_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -31,6 +32,7 @@ struct GenerateOptions {
   bool ignore_eos = false;
   std::vector<std::string> stop;    // stop strings
   int logprobs = -1;                // < 0 off; 0: the chosen token's; N > 0: and N alternatives
+  int prompt_logprobs = -1;         // < 0 off; N >= 0: each prompt token's and N alternatives
   int n = 1;                        // samples
 };
 
@@ -51,6 +53,26 @@ absl::StatusOr<std::vector<std::string>> TakeRepeatedFlag(std::vector<char*>& ar
 // piece=logprob, e.g.
 //   "   3  \" a\"  -0.0123  | ▁a=-0.0123 ▁the=-4.5012"
 std::string FormatLogprobLine(const v1::GenerateResponse& response);
+
+// `text` padded with spaces to `width` columns, counting UTF-8 code points
+// (SentencePiece's "▁" is one column, three bytes).
+std::string PadToColumns(const std::string& text, size_t width);
+
+// The prompt's logprobs from a stream's first message, one line per prompt
+// position: position, id, piece, its logprob given the tokens before it, and
+// the alternatives as piece=logprob. A last line sums the logprobs and gives
+// the perplexity exp(-sum / count):
+//   "prompt logprobs (5 tokens):"
+//   "     0       1  <s>"
+//   "     1     403  ▁Once              -7.1836  | ▁Once=-7.1836 ▁The=-2.0000"
+//   "  sum -12.3456 over 4 tokens, perplexity 21.9000"
+// `prompt_tokens` is Tokenize's answer for the same prompt (may be empty, as
+// for a chat): when its ids agree with the logprobs' ids it supplies
+// position 0 (which has no logprob) and every piece; otherwise a piece comes
+// from the position's alternatives when the token is among them, else "?".
+// "" when `first` has no prompt logprobs.
+std::string FormatPromptLogprobs(const v1::GenerateResponse& first,
+                                 const v1::TokenizeResponse& prompt_tokens);
 
 // A finished sample's messages in order (as collected from the stream).
 struct SampleOutput {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "cli/generate_command.h"
 
 namespace pdserve {
 namespace {
@@ -20,14 +21,6 @@ std::string WithThousands(int64_t value) {
     out += digits[i];
   }
   return value < 0 ? "-" + out : out;
-}
-
-// Pads `text` with spaces to `width` characters (UTF-8 code points, so
-// SentencePiece's "▁" counts once).
-std::string PadRight(const std::string& text, size_t width) {
-  size_t characters = 0;
-  for (char c : text) characters += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  return characters >= width ? text : text + std::string(width - characters, ' ');
 }
 
 // DTYPE_BF16 -> "bfloat16", as torch names dtypes.
@@ -151,12 +144,12 @@ std::string FormatInspectResponse(const v1::InspectResponse& r) {
   absl::StrAppend(&out, "\ntop ", r.next_tokens_size(), " next tokens after position ", last, " (",
                   Piece(r, last), "):\n");
   absl::StrAppend(&out, absl::StrFormat("  %4s  %6s  %s  %11s  %9s\n", "rank", "id",
-                                        PadRight("piece", 16), "probability", "logprob"));
+                                        PadToColumns("piece", 16), "probability", "logprob"));
   for (int i = 0; i < r.next_tokens_size(); ++i) {
     const v1::NextToken& next = r.next_tokens(i);
     absl::StrAppend(
         &out, absl::StrFormat("  %4d  %6d  %s  %11.6f  %9.4f\n", i + 1, next.id(),
-                              PadRight(next.piece(), 16), next.probability(), next.logprob()));
+                              PadToColumns(next.piece(), 16), next.probability(), next.logprob()));
   }
   absl::StrAppend(&out, absl::StrFormat("\n[prefill %.1f ms]\n", r.prefill_ms()));
   return out;

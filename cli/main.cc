@@ -4,7 +4,8 @@
 //   pdserve-cli generate --target ADDR --prompt TEXT [--max_new_tokens N]
 //               [--temperature T] [--top_k K] [--top_p P] [--min_p P] [--seed S]
 //               [--repetition_penalty R] [--presence_penalty P] [--frequency_penalty F]
-//               [--stop STRING]... [--ignore_eos] [--logprobs N] [--n N] [--chat]
+//               [--stop STRING]... [--ignore_eos] [--logprobs N] [--prompt_logprobs N]
+//               [--n N] [--chat]
 //   pdserve-cli tokenize --target ADDR --text TEXT
 //   pdserve-cli info     --target ADDR
 //   pdserve-cli inspect  --target ADDR --prompt TEXT [--top_k 5] [--layers 0,3]
@@ -15,10 +16,12 @@
 // with the time to first token as this client saw it (call start to first
 // message) and the decode rate (tokens after the first over the time from
 // the first to the last). --logprobs adds one line per token after the text
-// (its logprob and N alternatives); --n N > 1 prints each sample as its own
+// (its logprob and N alternatives); --prompt_logprobs N a block with each
+// prompt token's logprob given the tokens before it, N alternatives, their
+// sum and the prompt's perplexity; --n N > 1 prints each sample as its own
 // block once the stream ends, and the finish reasons of all samples. --chat
-// sends --prompt (or stdin) as messages: [{"role":"user","content":"..."}]. On an RPC error it prints the gRPC status code name
-// and message on stderr and exits 1; 2 for a usage error.
+// sends --prompt (or stdin) as messages: [{"role":"user","content":"..."}]. On an RPC error it
+// prints the gRPC status code name and message on stderr and exits 1; 2 for a usage error.
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -69,6 +72,9 @@ ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (same seed, same tokens); 
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past the end-of-sequence token");
 ABSL_FLAG(int32_t, logprobs, -1,
           "generate: print each token's logprob and this many alternatives (0..20); -1 = off");
+ABSL_FLAG(int32_t, prompt_logprobs, -1,
+          "generate: print each prompt token's logprob given the tokens before it and this many "
+          "alternatives (0..20), their sum and the perplexity; -1 = off");
 ABSL_FLAG(int32_t, n, 1, "generate: samples of the prompt, printed separately");
 ABSL_FLAG(bool, chat, false,
           "generate: --prompt (or stdin when empty) is a JSON list of messages "
@@ -88,7 +94,7 @@ constexpr char kUsage[] =
     "  generate --target ADDR --prompt TEXT [--max_new_tokens N --temperature T --seed S\n"
     "           --top_k K --top_p P --min_p P --repetition_penalty R --presence_penalty P\n"
     "           --frequency_penalty F --stop STRING (repeatable) --ignore_eos --logprobs N\n"
-    "           --n N --chat]\n"
+    "           --prompt_logprobs N --n N --chat]\n"
     "  tokenize --target ADDR --text TEXT\n"
     "  info     --target ADDR\n"
     "  inspect  --target ADDR --prompt TEXT [--top_k 5 --layers 0,3 --positions -1]";
@@ -147,6 +153,7 @@ int Generate(std::vector<std::string> stops) {
   options.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
   options.stop = std::move(stops);
   options.logprobs = absl::GetFlag(FLAGS_logprobs);
+  options.prompt_logprobs = absl::GetFlag(FLAGS_prompt_logprobs);
   options.n = absl::GetFlag(FLAGS_n);
   absl::StatusOr<v1::GenerateRequest> request = BuildGenerateRequest(options);
   if (!request.ok()) {
@@ -189,6 +196,18 @@ int Generate(std::vector<std::string> stops) {
   std::fflush(stdout);
   if (!status.ok()) return ReportError(status);
 
+  if (messages > 0 && responses.front().prompt_logprobs_size() > 0) {
+    // Names position 0 and every piece; a chat has no plain prompt to ask about.
+    v1::TokenizeResponse prompt_tokens;
+    if (!options.chat) {
+      v1::TokenizeRequest tokenize;
+      tokenize.set_text(request->prompt());
+      grpc::ClientContext tokenize_context;
+      ApplyTimeout(&tokenize_context);
+      if (!stub->Tokenize(&tokenize_context, tokenize, &prompt_tokens).ok()) prompt_tokens.Clear();
+    }
+    std::fputs(FormatPromptLogprobs(responses.front(), prompt_tokens).c_str(), stdout);
+  }
   const std::map<int, SampleOutput> samples = GroupBySample(responses);
   if (!streaming) {
     std::fputs(FormatSamples(samples, options.logprobs).c_str(), stdout);

@@ -65,6 +65,23 @@ TEST(BuildGenerateRequestTest, DefaultsLeaveSeedUnsetAndLogprobsOff) {
   EXPECT_EQ(request->output().top_logprobs(), 0);
 }
 
+TEST(BuildGenerateRequestTest, PromptLogprobsOnlyWhenAsked) {
+  GenerateOptions options;
+  options.prompt = "Hi";
+  absl::StatusOr<v1::GenerateRequest> request = BuildGenerateRequest(options);
+  ASSERT_TRUE(request.ok());
+  EXPECT_FALSE(request->output().has_prompt_logprobs());
+  for (int n : {0, 3, 20}) {
+    options.prompt_logprobs = n;
+    request = BuildGenerateRequest(options);
+    ASSERT_TRUE(request.ok());
+    ASSERT_TRUE(request->output().has_prompt_logprobs()) << n;
+    EXPECT_EQ(request->output().prompt_logprobs(), n);
+    // Independent of the generated tokens' logprobs.
+    EXPECT_FALSE(request->output().logprobs());
+  }
+}
+
 TEST(BuildGenerateRequestTest, ChatJsonBecomesMessages) {
   GenerateOptions options;
   options.chat = true;
@@ -132,6 +149,61 @@ TEST(FormatTest, LogprobLineShowsTheTokenItsLogprobAndAlternatives) {
   // The quoted token padded to 16 columns; nothing else without logprobs.
   EXPECT_EQ(FormatLogprobLine(Token(0, 12, "\x01")),
             "  12  \"\\x01\"" + std::string(10, ' ') + "\n");
+}
+
+v1::TokenLogprob Alternative(int id, const std::string& piece, float logprob) {
+  v1::TokenLogprob top;
+  top.set_token_id(id);
+  top.set_piece(piece);
+  top.set_logprob(logprob);
+  return top;
+}
+
+// BOS "▁Once" "▁upon": two prompt positions with logprobs, the second with
+// its token not among its single alternative.
+v1::GenerateResponse PromptLogprobsResponse() {
+  v1::GenerateResponse first = Token(0, 0, ",");
+  v1::PromptTokenLogprob* entry = first.add_prompt_logprobs();
+  entry->set_position(1);
+  entry->set_token_id(403);
+  entry->set_logprob(-1.5f);
+  *entry->add_top_logprobs() = Alternative(403, "▁Once", -1.5f);
+  *entry->add_top_logprobs() = Alternative(9, "▁The", -2.25f);
+  entry = first.add_prompt_logprobs();
+  entry->set_position(2);
+  entry->set_token_id(407);
+  entry->set_logprob(-0.5f);
+  *entry->add_top_logprobs() = Alternative(11, "▁a", -0.25f);
+  return first;
+}
+
+TEST(FormatTest, PromptLogprobsWithTokenizePiecesSumAndPerplexity) {
+  v1::TokenizeResponse tokens;
+  for (int id : {1, 403, 407}) tokens.add_token_ids(id);
+  for (const char* piece : {"<s>", "▁Once", "▁upon"}) tokens.add_pieces(piece);
+  // Pieces padded to 16 columns ("▁" is one); sum -2, perplexity e^1.
+  EXPECT_EQ(FormatPromptLogprobs(PromptLogprobsResponse(), tokens),
+            "prompt logprobs (3 tokens):\n"
+            "     0       1  <s>\n"
+            "     1     403  ▁Once               -1.5000  | ▁Once=-1.5000 ▁The=-2.2500\n"
+            "     2     407  ▁upon               -0.5000  | ▁a=-0.2500\n"
+            "  sum -2.0000 over 2 tokens, perplexity 2.7183\n");
+}
+
+TEST(FormatTest, PromptLogprobsWithoutMatchingTokensTakePiecesFromAlternatives) {
+  const std::string expected =
+      "prompt logprobs (3 tokens):\n"
+      "     1     403  ▁Once               -1.5000  | ▁Once=-1.5000 ▁The=-2.2500\n"
+      "     2     407  ?                   -0.5000  | ▁a=-0.2500\n"
+      "  sum -2.0000 over 2 tokens, perplexity 2.7183\n";
+  // No Tokenize answer (a chat), and one for another prompt.
+  EXPECT_EQ(FormatPromptLogprobs(PromptLogprobsResponse(), v1::TokenizeResponse()), expected);
+  v1::TokenizeResponse other;
+  for (int id : {1, 403, 408}) other.add_token_ids(id);
+  for (const char* piece : {"<s>", "▁Once", "▁Upon"}) other.add_pieces(piece);
+  EXPECT_EQ(FormatPromptLogprobs(PromptLogprobsResponse(), other), expected);
+  // Nothing without prompt logprobs.
+  EXPECT_EQ(FormatPromptLogprobs(Token(0, 0, "x"), other), "");
 }
 
 TEST(FormatTest, SamplesPrintAsBlocksWithTheirFinish) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <regex>
@@ -352,6 +353,76 @@ TEST_F(GenerationControlsE2eTest, PromptLogprobsAreLogSoftmaxOfTheReferencePromp
   for (size_t i = 1; i < outcome.responses.size(); ++i) {
     EXPECT_EQ(outcome.responses[i].prompt_logprobs_size(), 0) << i;
   }
+}
+
+// pdserve-cli --prompt_logprobs prints what the reference says: each
+// position's id (the reference prompt's), piece (the tokenizer's), logprob
+// and alternatives (log_softmax of the reference row before it), their sum
+// and the perplexity.
+TEST_F(GenerationControlsE2eTest, CliPromptLogprobsAreLogSoftmaxOfTheReferencePromptRows) {
+  absl::StatusOr<GoldenForwardCase> golden = LoadGoldenForwardCase("once_upon");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(kStoriesDir);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  int code = 0;
+  const std::string output =
+      Cli(absl::StrCat("--prompt '", kPrompt,
+                       "' --temperature 0 --max_new_tokens 2 --prompt_logprobs 3"),
+          &code);
+  ASSERT_EQ(code, 0) << output;
+  const int prompt_tokens = static_cast<int>(golden->prompt.size());
+  EXPECT_THAT(output, HasSubstr(absl::StrCat("prompt logprobs (", prompt_tokens, " tokens):\n")));
+  EXPECT_THAT(output, ContainsRegex(absl::StrCat("\n +0 +", golden->prompt[0], "  ",
+                                                 (*tokenizer)->IdToPiece(golden->prompt[0]),
+                                                 "\n")));
+  const std::regex line_pattern(R"(\n +([0-9]+) +([0-9]+)  (\S+) +(-[0-9.]+)  \|([^\n]*))");
+  const std::regex alternative_pattern(R"( (\S+)=(-[0-9.]+))");
+  double reference_sum = 0.0;
+  int lines = 0;
+  for (auto it = std::sregex_iterator(output.begin(), output.end(), line_pattern);
+       it != std::sregex_iterator(); ++it, ++lines) {
+    const int position = std::stoi((*it)[1].str());
+    SCOPED_TRACE(position);
+    ASSERT_EQ(position, lines + 1);
+    ASSERT_LT(position, prompt_tokens);
+    const int32_t id = golden->prompt[position];
+    EXPECT_EQ(std::stoi((*it)[2].str()), id);
+    EXPECT_EQ((*it)[3].str(), (*tokenizer)->IdToPiece(id));
+    // Row position - 1 is the distribution position was drawn from; printed
+    // with 4 decimals.
+    const std::vector<double> reference = ReferenceLogSoftmax(golden->Row(position - 1));
+    EXPECT_NEAR(std::stod((*it)[4].str()), reference[id], 3e-4);
+    reference_sum += reference[id];
+    std::vector<double> sorted = reference;
+    std::sort(sorted.rbegin(), sorted.rend());
+    const std::string alternatives = (*it)[5].str();
+    int k = 0;
+    for (auto alt = std::sregex_iterator(alternatives.begin(), alternatives.end(),
+                                         alternative_pattern);
+         alt != std::sregex_iterator(); ++alt, ++k) {
+      ASSERT_LT(k, 3) << alternatives;
+      EXPECT_NEAR(std::stod((*alt)[2].str()), sorted[k], 3e-4) << alternatives;
+    }
+    EXPECT_EQ(k, 3) << alternatives;
+  }
+  EXPECT_EQ(lines, prompt_tokens - 1) << output;
+  std::smatch sum_line;
+  ASSERT_TRUE(std::regex_search(
+      output, sum_line, std::regex(R"(  sum (-[0-9.]+) over ([0-9]+) tokens, perplexity ([0-9.]+))")))
+      << output;
+  EXPECT_NEAR(std::stod(sum_line[1].str()), reference_sum, 1e-3);
+  EXPECT_EQ(std::stoi(sum_line[2].str()), prompt_tokens - 1);
+  EXPECT_NEAR(std::stod(sum_line[3].str()), std::exp(-reference_sum / (prompt_tokens - 1)),
+              1e-3 * std::exp(-reference_sum / (prompt_tokens - 1)));
+  // Still the greedy continuation after the block's stream.
+  EXPECT_THAT(output, HasSubstr(absl::StrCat(kPrompt, ", there")));
+
+  // Out of range, the server names the field.
+  const std::string rejected = Cli(absl::StrCat("--prompt '", kPrompt, "' --prompt_logprobs 21"),
+                                   &code);
+  EXPECT_EQ(code, 1) << rejected;
+  EXPECT_THAT(rejected, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(rejected, HasSubstr("output.prompt_logprobs"));
 }
 
 // A Phi-3 checkpoint with its real chat template, served by both processes.
