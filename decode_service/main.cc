@@ -24,6 +24,7 @@
 #include "decode_service/prefill_client.h"
 #include "decode_service/prefill_target.h"
 #include "decode_service/serving_model.h"
+#include "shared/allocator_tuning.h"
 #include "shared/kv_cache.h"
 #include "shared/metrics.h"
 #include "shared/port_file.h"
@@ -275,6 +276,9 @@ int Run(const StopSignals& stop_signals) {
 }  // namespace pdserve
 
 int main(int argc, char** argv) {
+  // Before any allocation worth keeping and any thread: malloc settings for
+  // the KV stream's large message buffers (why: shared/allocator_tuning.h).
+  const bool allocator_tuned = pdserve::TuneAllocatorForStreaming();
   // Before any thread exists, so every thread inherits the blocked mask.
   const pdserve::StopSignals stop_signals;
   absl::SetProgramUsageMessage(
@@ -282,5 +286,6 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  if (!allocator_tuned) LOG(WARNING) << "glibc refused the malloc thresholds (mallopt)";
   return pdserve::Run(stop_signals);
 }

@@ -30,6 +30,7 @@
 #include "prefill_service/prefill_engine.h"
 #include "prefill_service/prefill_metrics.h"
 #include "prefill_service/prefill_server.h"
+#include "shared/allocator_tuning.h"
 #include "shared/metrics.h"
 #include "shared/port_file.h"
 #include "shared/status_macros.h"
@@ -155,6 +156,9 @@ absl::Status Serve(const StopSignals& stop_signals) {
 }  // namespace pdserve
 
 int main(int argc, char** argv) {
+  // Before any allocation worth keeping and any thread: malloc settings for
+  // the KV stream's large message buffers (why: shared/allocator_tuning.h).
+  const bool allocator_tuned = pdserve::TuneAllocatorForStreaming();
   const pdserve::StopSignals stop_signals;  // before any thread exists
 
   absl::SetProgramUsageMessage(
@@ -163,6 +167,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  if (!allocator_tuned) LOG(WARNING) << "glibc refused the malloc thresholds (mallopt)";
 
   const absl::Status status = pdserve::Serve(stop_signals);
   if (!status.ok()) {

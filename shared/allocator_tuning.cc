@@ -1,5 +1,9 @@
 #include "shared/allocator_tuning.h"
 
+// Any C library header defines __GLIBC__ on glibc (through <features.h>);
+// the test below needs one first, or it never sees glibc.
+#include <cstdlib>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

@@ -8,6 +8,7 @@
 #include "absl/flags/usage.h"
 #include "bench/load_generator/bench_config.h"
 #include "bench/load_generator/bench_runner.h"
+#include "shared/allocator_tuning.h"
 
 ABSL_FLAG(std::string, target, "", "Decode service address (host:port), e.g. 127.0.0.1:50051");
 ABSL_FLAG(int, concurrency, 0,
@@ -71,6 +72,11 @@ pdserve::bench::BenchConfig ConfigFromFlags() {
 // some requests failed (the report counts them), 2 for bad flags, 1 when
 // the run could not be made.
 int main(int argc, char** argv) {
+  // Before any thread: malloc settings for large streamed gRPC messages, as
+  // the services use (why: shared/allocator_tuning.h).
+  if (!pdserve::TuneAllocatorForStreaming()) {
+    std::fprintf(stderr, "pdserve-bench: glibc refused the malloc thresholds (mallopt)\n");
+  }
   absl::SetProgramUsageMessage(
       "Load generator for pdserve's GenerateService.\n"
       "  pdserve-bench --target 127.0.0.1:50051 --concurrency 8 --num_requests 200 "
