@@ -10,7 +10,7 @@
 // weight row is read from memory once per call, straight from the caller's
 // array, into register tiles of 4 weight rows x up to 6 activation rows
 // (8 x 1-2 for one or two rows) that accumulate 16 columns at a time; see
-// GemmRows in cpu_gemm.cc for the loop order and prefetching.
+// GemmRows in cpu_gemm_tile.h for the loop order and prefetching.
 // Each function computes the rows [n_begin, n_end) of the output, so callers
 // split n over threads.
 #ifndef PDSERVE_KERNELS_CPU_CPU_GEMM_H_

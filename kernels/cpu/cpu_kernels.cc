@@ -1,7 +1,7 @@
 // Element-wise and GEMM kernels of the CPU backend (attention is in
-// cpu_attention.cc, the skinny GEMM in cpu_gemm.cc). Written like llama2.c's
-// run.c: one plain loop nest per op, innermost loop over contiguous memory so
-// the compiler vectorises it.
+// cpu_attention.cc, the skinny GEMM in cpu_gemm.cc and cpu_gemm_bf16.cc).
+// Written like llama2.c's run.c: one plain loop nest per op, innermost loop
+// over contiguous memory so the compiler vectorises it.
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <cblas.h>
