@@ -24,6 +24,7 @@
 #include "decode_service/prefill_client.h"
 #include "decode_service/prefill_target.h"
 #include "decode_service/serving_model.h"
+#include "kernels/backend_factory.h"
 #include "shared/allocator_tuning.h"
 #include "shared/kv_cache.h"
 #include "shared/metrics.h"
@@ -36,6 +37,9 @@ ABSL_FLAG(std::string, prefill_target, "",
           "prefill instances, ADDR[,ADDR...] (IP literals) or one dns:///NAME:PORT; "
           "load-balanced round robin (required)");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda or auto");
+ABSL_FLAG(std::string, cpu_weight_dtype, "f32",
+          "CPU backend only: how weight matrices are held, f32 (the reference) or bf16 (half "
+          "the bytes a decode step reads; activations rounded to bf16 at each GEMM)");
 ABSL_FLAG(std::string, port_file, "", "write the bound port here (atomically) once listening");
 ABSL_FLAG(int, kv_cache_blocks, 0,
           "KV blocks in the pool; 0: room for 64 full-context sequences, capped by "
@@ -131,17 +135,27 @@ int Run(const StopSignals& stop_signals) {
     return 2;
   }
 
+  absl::StatusOr<DType> cpu_weight_dtype =
+      ParseCpuWeightDtype(absl::GetFlag(FLAGS_cpu_weight_dtype));
+  if (!cpu_weight_dtype.ok()) {
+    LOG(ERROR) << cpu_weight_dtype.status().message();
+    return 2;
+  }
+
   const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
-  absl::StatusOr<std::unique_ptr<ServingModel>> model =
-      ServingModel::Load(model_dir, absl::GetFlag(FLAGS_device));
+  absl::StatusOr<std::unique_ptr<ServingModel>> model = ServingModel::Load(
+      model_dir, absl::GetFlag(FLAGS_device), CpuBackendOptions{.weight_dtype = *cpu_weight_dtype});
   if (!model.ok()) {
     LOG(ERROR) << "cannot load model '" << model_dir << "': " << model.status();
     return 1;
   }
   const ModelConfig& config = (*model)->config();
   Backend& backend = (*model)->backend();
-  LOG(INFO) << "loaded " << config.architecture << " from " << model_dir << " on "
-            << backend.name() << " (" << (*model)->parameter_count() << " parameters)";
+  LOG(INFO) << "loaded " << config.architecture << " from " << model_dir << " on " << backend.name()
+            << (backend.name() == "cpu"
+                    ? absl::StrCat(" (weights ", absl::GetFlag(FLAGS_cpu_weight_dtype), ")")
+                    : std::string())
+            << " (" << (*model)->parameter_count() << " parameters)";
 
   KvCacheOptions kv_options = KvCacheOptionsFor(config, absl::GetFlag(FLAGS_kv_cache_blocks),
                                                 absl::GetFlag(FLAGS_block_size));

@@ -8,8 +8,8 @@
 
 namespace pdserve {
 
-absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const std::string& model_dir,
-                                                                 std::string_view device) {
+absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(
+    const std::string& model_dir, std::string_view device, const CpuBackendOptions& cpu_options) {
   std::unique_ptr<ServingModel> model(new ServingModel());
   model->model_dir_ = model_dir;
   PDSERVE_ASSIGN_OR_RETURN(model->config_, LoadModelConfig(model_dir));
@@ -24,7 +24,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const std::stri
         model_dir, ": the tokenizer has ", model->tokenizer_->vocab_size(),
         " ids but config.json's vocab_size is ", model->config_.vocab_size));
   }
-  PDSERVE_ASSIGN_OR_RETURN(model->backend_, CreateBackend(device));
+  PDSERVE_ASSIGN_OR_RETURN(model->backend_, CreateBackend(device, cpu_options));
   PDSERVE_ASSIGN_OR_RETURN(model->transformer_,
                            Transformer::Create(model->config_, model->weights_,
                                                model->backend_.get()));

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "shared/backend.h"
 #include "shared/model_config.h"
 #include "shared/model_fingerprint.h"
@@ -20,12 +21,14 @@ namespace pdserve {
 
 class ServingModel {
  public:
-  // Loads `model_dir` onto the backend for `device` ("cpu", "cuda", "auto").
+  // Loads `model_dir` onto the backend for `device` ("cpu", "cuda", "auto");
+  // a CPU backend is built with `cpu_options` (weight dtype, threads).
   // Errors: those of LoadModelConfig, LoadModelWeights, Tokenizer::Load,
   // CreateBackend and Transformer::Create; INVALID_ARGUMENT when the
   // tokenizer's vocabulary is larger than the model's vocab_size.
-  static absl::StatusOr<std::unique_ptr<ServingModel>> Load(const std::string& model_dir,
-                                                            std::string_view device);
+  static absl::StatusOr<std::unique_ptr<ServingModel>> Load(
+      const std::string& model_dir, std::string_view device,
+      const CpuBackendOptions& cpu_options = CpuBackendOptions());
 
   const std::string& model_dir() const { return model_dir_; }
   const ModelConfig& config() const { return config_; }

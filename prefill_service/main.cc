@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "kernels/backend_factory.h"
 #include "prefill_service/prefill_engine.h"
 #include "prefill_service/prefill_metrics.h"
 #include "prefill_service/prefill_server.h"
@@ -41,6 +42,9 @@ ABSL_FLAG(std::string, model_dir, "",
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT to listen on; port 0 picks a free port (see --port_file)");
 ABSL_FLAG(std::string, device, "auto", "Backend: cpu, cuda, or auto (CUDA when present)");
+ABSL_FLAG(std::string, cpu_weight_dtype, "f32",
+          "CPU backend only: how weight matrices are held, f32 (the reference) or bf16 (half "
+          "the bytes; activations rounded to bf16 at each GEMM)");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written here (atomically) once the server listens");
 ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{4} << 20,
@@ -97,6 +101,8 @@ absl::Status Serve(const StopSignals& stop_signals) {
         ") must be positive, --prefill_chunk_tokens (", engine_options.chunk_tokens,
         ") not negative"));
   }
+  PDSERVE_ASSIGN_OR_RETURN(engine_options.cpu_backend.weight_dtype,
+                           ParseCpuWeightDtype(absl::GetFlag(FLAGS_cpu_weight_dtype)));
   PDSERVE_ASSIGN_OR_RETURN(
       std::unique_ptr<PrefillEngine> engine,
       PrefillEngine::Load(model_dir, absl::GetFlag(FLAGS_device), engine_options));
@@ -107,8 +113,11 @@ absl::Status Serve(const StopSignals& stop_signals) {
                               .status());
   LOG(INFO) << "loaded " << config.architecture << " from " << model_dir << " ("
             << engine->parameter_count() << " parameters, " << config.num_layers << " layers) on "
-            << engine->device() << " in " << absl::ToDoubleMilliseconds(absl::Now() - load_start)
-            << " ms";
+            << engine->device()
+            << (engine->device() == "cpu"
+                    ? absl::StrCat(" (weights ", absl::GetFlag(FLAGS_cpu_weight_dtype), ")")
+                    : std::string())
+            << " in " << absl::ToDoubleMilliseconds(absl::Now() - load_start) << " ms";
 
   MetricsRegistry metrics_registry;
   PrefillMetrics metrics(&metrics_registry);

@@ -27,7 +27,7 @@ absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(
   for (const std::string& name : engine->weights_.store->Names()) {
     engine->parameter_count_ += engine->weights_.store->Find(name)->num_elements();
   }
-  PDSERVE_ASSIGN_OR_RETURN(engine->backend_, CreateBackend(device));
+  PDSERVE_ASSIGN_OR_RETURN(engine->backend_, CreateBackend(device, options.cpu_backend));
   PDSERVE_ASSIGN_OR_RETURN(engine->transformer_,
                            Transformer::Create(engine->config_, engine->weights_,
                                                engine->backend_.get()));

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "shared/backend.h"
 #include "shared/model_config.h"
 #include "shared/model_fingerprint.h"
@@ -35,6 +36,9 @@ struct PrefillEngineOptions {
   int chunk_tokens = 2048;
   // Requests that may wait for the worker; Submit beyond is RESOURCE_EXHAUSTED.
   int max_queued_requests = 256;
+  // The CPU backend's options (weight dtype, threads) when the device is
+  // "cpu", or "auto" without a CUDA device; ignored by CUDA.
+  CpuBackendOptions cpu_backend;
 };
 
 // Counts since the engine started, for tests, logs and metrics.
