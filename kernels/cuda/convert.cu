@@ -9,8 +9,8 @@ constexpr int kThreads = 256;
 
 template <typename Src, typename Dst>
 __global__ void ConvertKernel(const Src* src, Dst* dst, size_t n) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  const size_t stride = GridThreadCount();
+  for (size_t i = GridThreadIndex(); i < n; i += stride) {
     dst[i] = FromFloat<Dst>(ToFloat(src[i]));
   }
 }

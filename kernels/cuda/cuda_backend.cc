@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <source_location>
 #include <string>
 #include <utility>
 
@@ -42,12 +43,6 @@ namespace {
 #define PDSERVE_CUDA_CHECK(condition, what)                      \
   do {                                                           \
     if (!(condition)) Die(__FILE__, __LINE__, #condition, what); \
-  } while (0)
-
-// A kernel's own parameter check, failing the same way.
-#define PDSERVE_CUDA_CHECK_PARAMS(params)                                                  \
-  do {                                                                                     \
-    if (const char* why = (params).Validate()) Die(__FILE__, __LINE__, "Validate()", why); \
   } while (0)
 
 bool IsFloat(DType dtype) { return dtype != DType::kI32; }
@@ -302,13 +297,8 @@ class CudaBackend final : public Backend {
         staging_.Reserve(std::min(n, chunk) * DTypeSize(dst_dtype), stream_, &staging);
     for (size_t done = 0; status == cudaSuccess && done < n; done += chunk) {
       const size_t count = std::min(chunk, n - done);
-      gpu::ConvertParams convert;
-      convert.src = base + done * DTypeSize(src.dtype());
-      convert.src_type = ToElementType(src.dtype());
-      convert.dst = staging;
-      convert.dst_type = ToElementType(dst_dtype);
-      convert.n = count;
-      status = gpu::InvokeConvert(convert, stream_);
+      status = ConvertOnDevice(base + done * DTypeSize(src.dtype()), src.dtype(), staging,
+                               dst_dtype, count);
       if (status == cudaSuccess) {
         status = cudaMemcpyAsync(out + done * DTypeSize(dst_dtype), staging,
                                  count * DTypeSize(dst_dtype), cudaMemcpyDeviceToHost, stream_);
@@ -341,8 +331,7 @@ class CudaBackend final : public Backend {
     params.n = n;
     params.hidden = hidden;
     params.vocab = static_cast<int>(table.num_elements() / hidden);
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeEmbedding(params, stream_), "Embedding");
+    Launch("Embedding", params, gpu::InvokeEmbedding);
   }
 
   // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ seen by column-major cuBLAS: a
@@ -365,13 +354,7 @@ class CudaBackend final : public Backend {
       cudaError_t status =
           gemm_input_.Reserve(Product(m, k) * DTypeSize(DType::kBF16), stream_, &scratch);
       if (status == cudaSuccess) {
-        gpu::ConvertParams convert;
-        convert.src = x.data();
-        convert.src_type = ToElementType(x.dtype());
-        convert.dst = scratch;
-        convert.dst_type = gpu::ElementType::kBF16;
-        convert.n = Product(m, k);
-        status = gpu::InvokeConvert(convert, stream_);
+        status = ConvertOnDevice(x.data(), x.dtype(), scratch, DType::kBF16, Product(m, k));
       }
       if (status != cudaSuccess) {
         Record(status, "MatMul input conversion");
@@ -407,8 +390,7 @@ class CudaBackend final : public Backend {
     params.m = m;
     params.d = d;
     params.eps = eps;
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeRmsNorm(params, stream_), "RmsNorm");
+    Launch("RmsNorm", params, gpu::InvokeRmsNorm);
   }
 
   void SplitQkv(const DeviceBuffer& qkv, int n, int num_heads, int num_kv_heads, int head_dim,
@@ -434,8 +416,7 @@ class CudaBackend final : public Backend {
     params.num_heads = num_heads;
     params.num_kv_heads = num_kv_heads;
     params.head_dim = head_dim;
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeSplitQkv(params, stream_), "SplitQkv");
+    Launch("SplitQkv", params, gpu::InvokeSplitQkv);
   }
 
   void Rope(DeviceBuffer& q, DeviceBuffer& k, const DeviceBuffer& positions, int n, int num_heads,
@@ -456,8 +437,7 @@ class CudaBackend final : public Backend {
     params.num_kv_heads = num_kv_heads;
     params.head_dim = head_dim;
     params.theta = theta;
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeRope(params, stream_), "Rope");
+    Launch("Rope", params, gpu::InvokeRope);
   }
 
   void SiluMul(const DeviceBuffer& gate_up, int m, int f, DeviceBuffer& out) override {
@@ -472,8 +452,7 @@ class CudaBackend final : public Backend {
     params.out_type = ToElementType(out.dtype());
     params.m = m;
     params.f = f;
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeSiluMul(params, stream_), "SiluMul");
+    Launch("SiluMul", params, gpu::InvokeSiluMul);
   }
 
   void PrefillAttention(const DeviceBuffer& q, const DeviceBuffer& k, const DeviceBuffer& v,
@@ -504,8 +483,7 @@ class CudaBackend final : public Backend {
     params.num_kv_heads = p.num_kv_heads;
     params.head_dim = p.head_dim;
     params.scale = p.scale;
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeCausalAttention(params, stream_), "PrefillAttention");
+    Launch("PrefillAttention", params, gpu::InvokeCausalAttention);
   }
 
   void KvScatter(const DeviceBuffer& k, const DeviceBuffer& v, const DeviceBuffer& slot_mapping,
@@ -527,8 +505,7 @@ class CudaBackend final : public Backend {
     params.n = n;
     params.kv_width = kv_width;
     params.num_slots = NumSlots(k_cache, kv_width);
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeKvScatter(params, stream_), "KvScatter");
+    Launch("KvScatter", params, gpu::InvokeKvScatter);
   }
 
   void KvGather(const DeviceBuffer& k_cache, const DeviceBuffer& v_cache,
@@ -551,8 +528,7 @@ class CudaBackend final : public Backend {
     params.n = n;
     params.kv_width = kv_width;
     params.num_slots = NumSlots(k_cache, kv_width);
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokeKvGather(params, stream_), "KvGather");
+    Launch("KvGather", params, gpu::InvokeKvGather);
   }
 
   void PagedAttention(const DeviceBuffer& q, const DeviceBuffer& k_cache,
@@ -590,8 +566,7 @@ class CudaBackend final : public Backend {
     params.max_blocks_per_seq = p.max_blocks_per_seq;
     params.num_blocks = NumSlots(k_cache, kv_width) / p.block_size;
     params.scale = p.scale;
-    PDSERVE_CUDA_CHECK_PARAMS(params);
-    Record(gpu::InvokePagedDecodeAttention(params, stream_), "PagedAttention");
+    Launch("PagedAttention", params, gpu::InvokePagedDecodeAttention);
   }
 
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
@@ -628,6 +603,33 @@ class CudaBackend final : public Backend {
     Record(status, what);
     return absl::InternalError(absl::StrCat("cuda ", what, ": ", cudaGetErrorName(status), ": ",
                                             cudaGetErrorString(status)));
+  }
+
+  // Queues one of this directory's kernels: `invoke` is its Invoke<Name>.
+  // A parameter struct that fails its own Validate() is a caller bug and
+  // aborts like PDSERVE_CUDA_CHECK, at the calling op's line; a launch
+  // failure is kept for Synchronize.
+  template <typename Params>
+  void Launch(const char* op, const Params& params,
+              cudaError_t (*invoke)(const Params&, cudaStream_t),
+              std::source_location where = std::source_location::current()) {
+    if (const char* why = params.Validate()) {
+      Die(where.file_name(), static_cast<int>(where.line()), "Validate()", why);
+    }
+    Record(invoke(params, stream_), op);
+  }
+
+  // Queues the conversion of n elements from src to dst (both device
+  // memory, float dtypes).
+  cudaError_t ConvertOnDevice(const void* src, DType src_dtype, void* dst, DType dst_dtype,
+                              size_t n) {
+    gpu::ConvertParams convert;
+    convert.src = src;
+    convert.src_type = ToElementType(src_dtype);
+    convert.dst = dst;
+    convert.dst_type = ToElementType(dst_dtype);
+    convert.n = n;
+    return gpu::InvokeConvert(convert, stream_);
   }
 
   static absl::Status CheckRange(const DeviceBuffer& buffer, size_t offset, size_t n,
@@ -688,13 +690,8 @@ class CudaBackend final : public Backend {
       status = cudaMemcpyAsync(staging, in + done * DTypeSize(src_dtype),
                                count * DTypeSize(src_dtype), cudaMemcpyHostToDevice, stream_);
       if (status != cudaSuccess) break;
-      gpu::ConvertParams convert;
-      convert.src = staging;
-      convert.src_type = ToElementType(src_dtype);
-      convert.dst = out + done * DTypeSize(dst_dtype);
-      convert.dst_type = ToElementType(dst_dtype);
-      convert.n = count;
-      status = gpu::InvokeConvert(convert, stream_);
+      status =
+          ConvertOnDevice(staging, src_dtype, out + done * DTypeSize(dst_dtype), dst_dtype, count);
     }
     // Also makes `src` reusable when it is page-locked memory, which the
     // copies above read asynchronously.

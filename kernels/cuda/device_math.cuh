@@ -96,6 +96,20 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
 }
 
 // ---- launch geometry ----------------------------------------------------------
+// A grid-stride loop over n items, launched with GridStrideBlocks:
+//   const size_t stride = GridThreadCount();
+//   for (size_t i = GridThreadIndex(); i < n; i += stride)
+// This thread's first item (1-D grid) and the threads in the grid's x
+// dimension, in size_t so that n past 2^32 items does not wrap. (The stride
+// read once before the loop compiles to the same code as the loops had
+// before these helpers; in the loop's increment it does not.)
+__device__ __forceinline__ size_t GridThreadIndex() {
+  return static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ size_t GridThreadCount() {
+  return static_cast<size_t>(gridDim.x) * blockDim.x;
+}
+
 // Blocks for a grid-stride loop over n items: enough to fill any current GPU
 // many times over, few enough that each thread does several items.
 inline unsigned GridStrideBlocks(size_t n, int threads_per_block) {

@@ -16,10 +16,9 @@ __device__ __forceinline__ uint64_t Mix64(uint64_t z) {
 }
 
 __global__ void RandomFillKernel(RandomFillParams p) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t stride = GridThreadCount();
   const uint64_t key = Mix64(p.seed + 0x9e3779b97f4a7c15ull);
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n;
-       i += stride) {
+  for (size_t i = GridThreadIndex(); i < p.n; i += stride) {
     const uint64_t bits = Mix64(key ^ (i * 0x9e3779b97f4a7c15ull));
     // 24 random bits -> [0, 1) exactly representable in float32.
     const float unit = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);

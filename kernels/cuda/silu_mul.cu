@@ -9,9 +9,8 @@ constexpr int kThreads = 256;
 
 __global__ void SiluMulKernel(SiluMulParams p) {
   const size_t total = static_cast<size_t>(p.m) * p.f;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += stride) {
+  const size_t stride = GridThreadCount();
+  for (size_t idx = GridThreadIndex(); idx < total; idx += stride) {
     const size_t row = idx / p.f;
     const size_t col = idx - row * p.f;
     const size_t gate_index = row * 2 * p.f + col;

@@ -25,7 +25,29 @@ struct SlotRowCopyPlan {
   int num_slots;
 };
 
-// Grid-stride over n * width elements; blockIdx.y picks K (0) or V (1).
+// The grid-stride walk both kernels share, over the n * width items of the
+// contiguous [n, width] side (width counts elements or 16-byte chunks
+// alike): calls copy(src_index, dst_index) with the item's index there and
+// in the slot-addressed cache, as the copy's source and destination for
+// kSide. Rows whose slot is -1 or outside [0, num_slots) are skipped.
+template <SlotSide kSide, typename Copy>
+__device__ __forceinline__ void ForEachSlotRowItem(const SlotRowCopyPlan& p, int width,
+                                                   const Copy& copy) {
+  const size_t total = static_cast<size_t>(p.n) * width;
+  const size_t stride = GridThreadCount();
+  for (size_t idx = GridThreadIndex(); idx < total; idx += stride) {
+    const size_t row = idx / width;
+    const size_t col = idx - row * width;
+    const int32_t slot = p.slots[row];
+    if (slot < 0 || slot >= p.num_slots) continue;
+    const size_t slot_index = static_cast<size_t>(slot) * width + col;
+    const size_t src_index = kSide == SlotSide::kSource ? slot_index : idx;
+    const size_t dst_index = kSide == SlotSide::kDestination ? slot_index : idx;
+    copy(src_index, dst_index);
+  }
+}
+
+// One element at a time, converting; blockIdx.y picks K (0) or V (1).
 template <SlotSide kSide>
 __global__ void SlotRowCopyKernel(SlotRowCopyPlan p) {
   const int which = blockIdx.y;
@@ -33,19 +55,9 @@ __global__ void SlotRowCopyKernel(SlotRowCopyPlan p) {
   void* dst = p.dst[which];
   const ElementType src_type = p.src_type[which];
   const ElementType dst_type = p.dst_type[which];
-  const size_t total = static_cast<size_t>(p.n) * p.width;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += stride) {
-    const size_t row = idx / p.width;
-    const size_t col = idx - row * p.width;
-    const int32_t slot = p.slots[row];
-    if (slot < 0 || slot >= p.num_slots) continue;
-    const size_t slot_index = static_cast<size_t>(slot) * p.width + col;
-    const size_t src_index = kSide == SlotSide::kSource ? slot_index : idx;
-    const size_t dst_index = kSide == SlotSide::kDestination ? slot_index : idx;
+  ForEachSlotRowItem<kSide>(p, p.width, [&](size_t src_index, size_t dst_index) {
     StoreFromFloat(dst, dst_type, dst_index, LoadAsFloat(src, src_type, src_index));
-  }
+  });
 }
 
 // Same-type copy in 16-byte pieces: rows are `chunks` uint4 wide.
@@ -54,19 +66,8 @@ __global__ void SlotRowCopyVectorKernel(SlotRowCopyPlan p, int chunks) {
   const int which = blockIdx.y;
   const uint4* src = static_cast<const uint4*>(p.src[which]);
   uint4* dst = static_cast<uint4*>(p.dst[which]);
-  const size_t total = static_cast<size_t>(p.n) * chunks;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += stride) {
-    const size_t row = idx / chunks;
-    const size_t col = idx - row * chunks;
-    const int32_t slot = p.slots[row];
-    if (slot < 0 || slot >= p.num_slots) continue;
-    const size_t slot_index = static_cast<size_t>(slot) * chunks + col;
-    const size_t src_index = kSide == SlotSide::kSource ? slot_index : idx;
-    const size_t dst_index = kSide == SlotSide::kDestination ? slot_index : idx;
-    dst[dst_index] = src[src_index];
-  }
+  ForEachSlotRowItem<kSide>(
+      p, chunks, [&](size_t src_index, size_t dst_index) { dst[dst_index] = src[src_index]; });
 }
 
 inline bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }

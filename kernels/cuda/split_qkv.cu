@@ -14,9 +14,8 @@ __global__ void SplitQkvKernel(SplitQkvParams p) {
   const size_t kv_width = static_cast<size_t>(p.num_kv_heads) * p.head_dim;
   const size_t width = q_width + 2 * kv_width;
   const size_t total = static_cast<size_t>(p.n) * width;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += stride) {
+  const size_t stride = GridThreadCount();
+  for (size_t idx = GridThreadIndex(); idx < total; idx += stride) {
     const size_t row = idx / width;
     const size_t col = idx - row * width;
     const float value = LoadAsFloat(p.qkv, p.qkv_type, idx);
