@@ -1,6 +1,7 @@
 // Decode at scale, with the real binaries as processes (docs/operations.md):
 // bursts with client cancels, admission control, a prefill instance killed
-// under load, cancellation reaching the prefill, and the /metrics endpoints,
+// under load, cancellation reaching the prefill, a prefill target given as a
+// DNS name, and the /metrics endpoints,
 // read with the independent parser of tests/testing/metrics_text.h.
 //
 // Resource checks read the decode process from outside: KV blocks from its
@@ -29,6 +30,7 @@
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/prefill.grpc.pb.h"
 #include "tests/e2e/service_process.h"
+#include "tests/testing/golden_forward.h"
 #include "tests/testing/metrics_text.h"
 #include "tests/testing/random_checkpoint.h"
 #include "tests/testing/test_paths.h"
@@ -576,6 +578,49 @@ TEST(OperationsE2eTest, CancelDuringPrefillStopsThePrefillForwardPass) {
   });
   EXPECT_EQ(V(d, "pdserve_decode_kv_blocks_free"), 128);
   EXPECT_EQ(V(d, "pdserve_decode_errors_total", {{"code", "CANCELLED"}}), 1);
+}
+
+// --prefill_target as a name for gRPC's DNS resolver, "dns:///localhost:PORT"
+// and the scheme-less "localhost:PORT" (which decode turns into the same
+// URI): start-up's GetModelInfo check and a Generate both reach the prefill
+// through the resolved address, and the tokens are the reference's greedy
+// ones (tests/data/golden).
+TEST(OperationsE2eTest, DnsPrefillTargetServesGenerate) {
+  absl::StatusOr<GoldenForwardCase> golden = LoadGoldenForwardCase("once_upon");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  constexpr int kTokens = 16;
+  const std::vector<int32_t> expected(golden->greedy_tokens.begin(),
+                                      golden->greedy_tokens.begin() + kTokens);
+  absl::StatusOr<Service> prefill = StartPrefill(kModelDir);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  const int port = prefill->process->port();
+
+  int requests = 0;
+  for (const std::string& target :
+       {absl::StrCat("dns:///localhost:", port), absl::StrCat("localhost:", port)}) {
+    SCOPED_TRACE(target);
+    absl::StatusOr<Service> decode = StartDecode(kModelDir, target);
+    ASSERT_TRUE(decode.ok()) << decode.status();
+    {
+      auto stub = v1::GenerateService::NewStub(decode->process->NewChannel());
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+      auto reader = stub->Generate(&context, Request("Once upon a time", kTokens));
+      std::vector<int32_t> tokens;
+      v1::GenerateResponse response;
+      while (reader->Read(&response)) tokens.push_back(response.token_id());
+      const grpc::Status status = reader->Finish();
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(tokens, expected);
+    }
+    // The prefill instance behind the name served it.
+    ++requests;
+    const MetricsText metrics = WaitForMetrics(prefill->metrics_port, [&](const MetricsText& m) {
+      return V(m, "pdserve_prefill_requests_total") >= requests;
+    });
+    EXPECT_EQ(V(metrics, "pdserve_prefill_requests_total"), requests);
+    EXPECT_TRUE(decode->process->Stop().ok());
+  }
 }
 
 }  // namespace
