@@ -1,5 +1,15 @@
 #include "decode_service/prefill_client.h"
 
+#include <glog/logging.h>
+#include <grpcpp/alarm.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <grpcpp/support/client_callback.h>
+
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -7,23 +17,24 @@
 #include <utility>
 #include <vector>
 
-#include <glog/logging.h>
-#include <grpcpp/alarm.h>
-#include <grpcpp/client_context.h>
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-#include <grpcpp/support/channel_arguments.h>
-#include <grpcpp/support/client_callback.h>
-
 #include "absl/strings/str_cat.h"
 #include "decode_service/decode_metrics.h"
 #include "decode_service/prefill_target.h"
 #include "proto/convert/convert.h"
 #include "proto/grpc_support/callback_cq_pin.h"
+#include "proto/kv_wire/prefill_response_decoder.h"
 #include "shared/status_macros.h"
 
 namespace pdserve {
 namespace {
+
+using PrefillRawStub = grpc::TemplatedGenericStub<v1::PrefillRequest, grpc::ByteBuffer>;
+
+const std::string& PrefillMethodName() {
+  static const std::string* const name =
+      new std::string(absl::StrCat("/", v1::PrefillService::service_full_name(), "/Prefill"));
+  return *name;
+}
 
 grpc::ChannelArguments PrefillChannelArguments(int max_message_bytes) {
   grpc::ChannelArguments args;
@@ -47,16 +58,18 @@ absl::Status CheckLayoutField(const char* field, int theirs, int ours) {
 
 // One Prefill stream: one attempt of a job (FailoverCall below makes the
 // attempts). Owns itself from Begin until OnDone (gRPC needs the reactor alive
-// that long); `job` must outlive OnDone.
-class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
+// that long); `job` must outlive OnDone. The server-streaming Prefill is
+// driven as a generic bidi call (the only streaming shape gRPC's generic
+// callback stub offers): one request, half-close, then read raw responses;
+// on the wire the two are the same.
+class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc::ByteBuffer>,
                             public PrefillCall {
  public:
   PrefillStream(const PrefillExpectation* expectation, const PrefillJob* job,
                 DecodeMetrics* metrics, PrefillDone done)
       : expectation_(expectation), job_(*job), metrics_(metrics), done_(std::move(done)) {}
 
-  void Begin(v1::PrefillService::Stub* stub, std::shared_ptr<PrefillStream> self,
-             int64_t max_chunk_bytes) {
+  void Begin(PrefillRawStub* stub, std::shared_ptr<PrefillStream> self, int64_t max_chunk_bytes) {
     self_ = std::move(self);
     request_.set_request_id(job_.request_id);
     request_.mutable_token_ids()->Assign(job_.token_ids.begin(), job_.token_ids.end());
@@ -65,7 +78,8 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     if (job_.deadline != absl::InfiniteFuture()) {
       context_.set_deadline(absl::ToChronoTime(job_.deadline));
     }
-    stub->async()->Prefill(&context_, &request_, this);
+    stub->PrepareBidiStreamingCall(&context_, PrefillMethodName(), grpc::StubOptions(), this);
+    StartWriteLast(&request_, grpc::WriteOptions());
     StartRead(&response_);
     StartCall();
   }
@@ -77,7 +91,7 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // the stream ended; OnDone follows with its status
-    absl::Status status = Consume(response_);
+    absl::Status status = Consume();
     if (!status.ok()) {
       error_ = std::move(status);
       context_.TryCancel();
@@ -93,17 +107,24 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   }
 
  private:
-  absl::Status Consume(const v1::PrefillResponse& response) {
+  absl::Status Consume() {
+    absl::StatusOr<PrefillResponseDecoder::Kind> kind = decoder_.Decode(&response_);
+    response_.Clear();
+    if (!kind.ok()) return kind.status();
+    if (*kind == PrefillResponseDecoder::Kind::kKvChunk) {
+      if (!have_header_) return absl::InternalError("prefill stream: a KV chunk before the header");
+      if (have_final_) {
+        return absl::InternalError("prefill stream: a KV chunk after the final hidden state");
+      }
+      return ConsumeChunk(decoder_.kv());
+    }
+    const v1::PrefillResponse& response = decoder_.other();
     switch (response.payload_case()) {
       case v1::PrefillResponse::kHeader:
         if (have_header_) return absl::InternalError("prefill stream: a second header");
         return ConsumeHeader(response.header());
-      case v1::PrefillResponse::kKv:
-        if (!have_header_) return absl::InternalError("prefill stream: a KV chunk before the header");
-        if (have_final_) {
-          return absl::InternalError("prefill stream: a KV chunk after the final hidden state");
-        }
-        return ConsumeChunk(response.kv());
+      case v1::PrefillResponse::kKv:  // the decoder reports every KvChunk as kKvChunk
+        break;
       case v1::PrefillResponse::kFinalHidden:
         if (!have_header_) {
           return absl::InternalError("prefill stream: the final hidden state before the header");
@@ -155,13 +176,13 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     return absl::OkStatus();
   }
 
-  absl::Status ConsumeChunk(const v1::KvChunk& chunk) {
-    const int layer = chunk.layer();
-    const int first = chunk.first_token();
-    const int count = chunk.num_tokens();
+  absl::Status ConsumeChunk(const KvChunkView& chunk) {
+    const int layer = chunk.layer;
+    const int first = chunk.first_token;
+    const int count = chunk.num_tokens;
     if (layer < 0 || layer >= expectation_->num_layers) {
-      return absl::InternalError(absl::StrCat("prefill KV chunk layer: ", layer,
-                                              " outside [0, ", expectation_->num_layers, ")"));
+      return absl::InternalError(absl::StrCat("prefill KV chunk layer: ", layer, " outside [0, ",
+                                              expectation_->num_layers, ")"));
     }
     if (first < 0 || count <= 0 || first > num_tokens_ - count) {
       return absl::InternalError(absl::StrCat("prefill KV chunk of layer ", layer, ": tokens [",
@@ -169,22 +190,22 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
                                               ") outside the prompt [0, ", num_tokens_, ")"));
     }
     const size_t expected_bytes = token_bytes_ * count;
-    if (chunk.k().size() != expected_bytes || chunk.v().size() != expected_bytes) {
-      return absl::InternalError(absl::StrCat(
-          "prefill KV chunk of layer ", layer, ": k ", chunk.k().size(), " and v ",
-          chunk.v().size(), " bytes, expected ", expected_bytes, " each (", count, " tokens x ",
-          expectation_->num_kv_heads, " heads x ", expectation_->head_dim, " x ",
-          std::string(DTypeName(kv_dtype_)), ")"));
+    if (chunk.k.size() != expected_bytes || chunk.v.size() != expected_bytes) {
+      return absl::InternalError(
+          absl::StrCat("prefill KV chunk of layer ", layer, ": k ", chunk.k.size(), " and v ",
+                       chunk.v.size(), " bytes, expected ", expected_bytes, " each (", count,
+                       " tokens x ", expectation_->num_kv_heads, " heads x ",
+                       expectation_->head_dim, " x ", std::string(DTypeName(kv_dtype_)), ")"));
     }
     const size_t base = static_cast<size_t>(layer) * num_tokens_;
     for (int t = first; t < first + count; ++t) {
       if (received_[base + t]) {
-        return absl::InternalError(absl::StrCat("prefill KV chunk: token ", t, " of layer ",
-                                                layer, " arrived twice"));
+        return absl::InternalError(
+            absl::StrCat("prefill KV chunk: token ", t, " of layer ", layer, " arrived twice"));
       }
     }
     absl::Status written =
-        job_.write_kv(layer, first, count, chunk.k().data(), chunk.v().data(), kv_dtype_);
+        job_.write_kv(layer, first, count, chunk.k.data(), chunk.v.data(), kv_dtype_);
     if (!written.ok()) {
       return absl::InternalError(absl::StrCat("writing prefill KV: ", written.message()));
     }
@@ -197,10 +218,9 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
 
   absl::Status ConsumeFinal(const v1::FinalHidden& final_hidden) {
     if (final_hidden.values_size() != expectation_->hidden_size) {
-      return absl::InternalError(absl::StrCat("prefill final hidden state: ",
-                                              final_hidden.values_size(),
-                                              " values, expected hidden_size ",
-                                              expectation_->hidden_size));
+      return absl::InternalError(
+          absl::StrCat("prefill final hidden state: ", final_hidden.values_size(),
+                       " values, expected hidden_size ", expectation_->hidden_size));
     }
     result_.final_hidden.assign(final_hidden.values().begin(), final_hidden.values().end());
     result_.remote_prefill_ms = final_hidden.prefill_ms();
@@ -220,10 +240,10 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
     const int count = states.num_tokens();
     if (first < 0 || count <= 0 || first > num_tokens_ - count ||
         states.values_size() != static_cast<int64_t>(count) * hidden) {
-      return absl::InternalError(absl::StrCat(
-          "prefill hidden states: tokens [", first, ", ", static_cast<int64_t>(first) + count,
-          ") with ", states.values_size(), " values; the prompt has ", num_tokens_,
-          " tokens of hidden_size ", hidden));
+      return absl::InternalError(absl::StrCat("prefill hidden states: tokens [", first, ", ",
+                                              static_cast<int64_t>(first) + count, ") with ",
+                                              states.values_size(), " values; the prompt has ",
+                                              num_tokens_, " tokens of hidden_size ", hidden));
     }
     for (int t = first; t < first + count; ++t) {
       if (hidden_received_[t]) {
@@ -247,15 +267,14 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
         case grpc::StatusCode::UNAVAILABLE:
         case grpc::StatusCode::UNKNOWN:
         case grpc::StatusCode::CANCELLED:  // not by us: the instance went away
-          return absl::UnavailableError(
-              absl::StrCat(have_header_ ? "prefill instance failed mid-stream"
-                                        : "no prefill instance reachable",
-                           where, ": ", status.error_message()));
-        case grpc::StatusCode::DEADLINE_EXCEEDED:
-          return absl::DeadlineExceededError(absl::StrCat(
-              "prefill did not finish before its deadline (the request's deadline or "
-              "--prefill_timeout_ms)",
+          return absl::UnavailableError(absl::StrCat(
+              have_header_ ? "prefill instance failed mid-stream" : "no prefill instance reachable",
               where, ": ", status.error_message()));
+        case grpc::StatusCode::DEADLINE_EXCEEDED:
+          return absl::DeadlineExceededError(
+              absl::StrCat("prefill did not finish before its deadline (the request's deadline or "
+                           "--prefill_timeout_ms)",
+                           where, ": ", status.error_message()));
         default:
           return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                               absl::StrCat("prefill", where, ": ", status.error_message()));
@@ -288,7 +307,8 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
 
   grpc::ClientContext context_;
   v1::PrefillRequest request_;
-  v1::PrefillResponse response_;
+  grpc::ByteBuffer response_;
+  PrefillResponseDecoder decoder_;
 
   // Stream state; touched only by gRPC's reactions, which never overlap.
   absl::Status error_;
@@ -318,10 +338,9 @@ class PrefillStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
 // has run; the engine's handle may outlive it. An attempt may end (and the
 // job finish) on another thread while StartAttempt is still running, so
 // StartAttempt and OnAttemptDone hold a reference of their own.
-class FailoverCall final : public PrefillCall,
-                           public std::enable_shared_from_this<FailoverCall> {
+class FailoverCall final : public PrefillCall, public std::enable_shared_from_this<FailoverCall> {
  public:
-  FailoverCall(v1::PrefillService::Stub* stub, const PrefillClientOptions* options,
+  FailoverCall(PrefillRawStub* stub, const PrefillClientOptions* options,
                const PrefillExpectation* expectation, PrefillJob job, PrefillDone done)
       : stub_(stub),
         options_(options),
@@ -419,16 +438,16 @@ class FailoverCall final : public PrefillCall,
 
   void Finish(absl::StatusOr<PrefillResult> result) {
     if (absl::IsUnavailable(result.status()) && attempts_ > 1) {
-      result = absl::UnavailableError(absl::StrCat(
-          "prefill failed on all ", attempts_, " attempts (--prefill_max_attempts ",
-          options_->max_attempts, "); last: ", result.status().message()));
+      result = absl::UnavailableError(
+          absl::StrCat("prefill failed on all ", attempts_, " attempts (--prefill_max_attempts ",
+                       options_->max_attempts, "); last: ", result.status().message()));
     }
     std::shared_ptr<FailoverCall> keep_alive = std::move(self_);
     PrefillDone done = std::move(done_);
     done(std::move(result));
   }
 
-  v1::PrefillService::Stub* const stub_;
+  PrefillRawStub* const stub_;
   const PrefillClientOptions* const options_;
   const PrefillExpectation* const expectation_;
   const PrefillJob job_;
@@ -437,9 +456,9 @@ class FailoverCall final : public PrefillCall,
   int attempts_ = 0;  // touched by StartAttempt/OnAttemptDone, which never overlap
 
   std::mutex mu_;
-  bool cancelled_ = false;                              // guarded by mu_
-  bool backoff_pending_ = false;                        // guarded by mu_
-  std::shared_ptr<PrefillStream> stream_;              // guarded by mu_; the attempt in flight
+  bool cancelled_ = false;                            // guarded by mu_
+  bool backoff_pending_ = false;                      // guarded by mu_
+  std::shared_ptr<PrefillStream> stream_;             // guarded by mu_; the attempt in flight
   std::vector<std::unique_ptr<grpc::Alarm>> alarms_;  // guarded by mu_; one per retry
 };
 
@@ -461,11 +480,11 @@ PrefillClient::PrefillClient(const PrefillClientOptions& options,
     : options_(options),
       expectation_(expectation),
       channel_(MakeChannel(options.channel_target, options.max_message_bytes)),
-      stub_(v1::PrefillService::NewStub(channel_)) {}
+      stub_(std::make_unique<PrefillRawStub>(channel_)) {}
 
 std::shared_ptr<PrefillCall> PrefillClient::Start(PrefillJob job, PrefillDone done) {
-  auto call = std::make_shared<FailoverCall>(stub_.get(), &options_, &expectation_,
-                                             std::move(job), std::move(done));
+  auto call = std::make_shared<FailoverCall>(stub_.get(), &options_, &expectation_, std::move(job),
+                                             std::move(done));
   call->Begin(call);
   return call;
 }
@@ -490,8 +509,7 @@ absl::Status CheckPrefillTargets(const std::vector<std::string>& addresses,
           unreachable ? absl::StatusCode::kUnavailable
                       : static_cast<absl::StatusCode>(status.error_code()),
           absl::StrCat("prefill target '", address, "' ",
-                       unreachable ? absl::StrCat("unreachable within ",
-                                                  absl::FormatDuration(wait))
+                       unreachable ? absl::StrCat("unreachable within ", absl::FormatDuration(wait))
                                    : "failed GetModelInfo",
                        ": ", status.error_message()));
     }
@@ -499,8 +517,8 @@ absl::Status CheckPrefillTargets(const std::vector<std::string>& addresses,
     absl::Status same = theirs.ok() ? CheckSameModel(ours, *theirs)
                                     : absl::FailedPreconditionError(theirs.status().message());
     if (!same.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "prefill target '", address, "' serves another model: ", same.message()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("prefill target '", address, "' serves another model: ", same.message()));
     }
   }
   return absl::OkStatus();

@@ -4,12 +4,14 @@
 #ifndef PDSERVE_DECODE_SERVICE_PREFILL_CLIENT_H_
 #define PDSERVE_DECODE_SERVICE_PREFILL_CLIENT_H_
 
+#include <grpcpp/channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/channel.h>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -78,7 +80,11 @@ class PrefillClient final : public PrefillRunner {
   const PrefillClientOptions options_;
   const PrefillExpectation expectation_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::PrefillService::Stub> stub_;
+  // Prefill is called through a generic stub that hands responses over as
+  // raw byte buffers, so KvChunk bytes are read straight from gRPC's slices
+  // (proto/kv_wire/prefill_response_decoder.h); requests are ordinary
+  // protobuf messages.
+  std::unique_ptr<grpc::TemplatedGenericStub<v1::PrefillRequest, grpc::ByteBuffer>> stub_;
 };
 
 // Start-up check: GetModelInfo on every address (waiting for each to come up

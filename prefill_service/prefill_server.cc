@@ -16,15 +16,16 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "proto/convert/convert.h"
+#include "proto/kv_wire/kv_chunk_encoder.h"
 #include "shared/status_macros.h"
 
 namespace pdserve {
 
 absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
-                                     int64_t server_max_chunk_bytes, int kv_width,
-                                     DType kv_dtype) {
+                                     int64_t server_max_chunk_bytes, int kv_width, DType kv_dtype) {
   ChunkPlan plan;
-  plan.bytes_per_token = 2 * static_cast<int64_t>(kv_width) * static_cast<int64_t>(DTypeSize(kv_dtype));
+  plan.bytes_per_token =
+      2 * static_cast<int64_t>(kv_width) * static_cast<int64_t>(DTypeSize(kv_dtype));
   if (requested_max_chunk_bytes < 0) {
     return absl::InvalidArgumentError(absl::StrCat("max_chunk_bytes: ", requested_max_chunk_bytes,
                                                    " is negative (0 selects the server's ",
@@ -34,11 +35,12 @@ absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
                             ? server_max_chunk_bytes
                             : std::min(requested_max_chunk_bytes, server_max_chunk_bytes);
   if (limit < plan.bytes_per_token) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_chunk_bytes: ", limit, " is below one token's K+V of one layer (",
-                     plan.bytes_per_token, " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat("max_chunk_bytes: ", limit,
+                                                   " is below one token's K+V of one layer (",
+                                                   plan.bytes_per_token, " bytes)"));
   }
-  plan.tokens_per_chunk = static_cast<int>(std::min<int64_t>(limit / plan.bytes_per_token, INT_MAX));
+  plan.tokens_per_chunk =
+      static_cast<int>(std::min<int64_t>(limit / plan.bytes_per_token, INT_MAX));
   plan.max_bytes = limit;
   return plan;
 }
@@ -84,9 +86,11 @@ absl::Status ValidateHiddenStateLayers(const v1::PrefillRequest& request, int nu
 // (producer_done_: the work's `done`, from the worker, or from Cancel while
 // still queued), so the worker never sees a deleted reactor; OnDone, which
 // gRPC runs after Finish and every write have completed, deletes it.
-class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
+class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  PrefillReactor(PrefillServer* server, const v1::PrefillRequest& request)
+  // `parsed`: the request's parse result; an error ends the call with it.
+  PrefillReactor(PrefillServer* server, const v1::PrefillRequest& request,
+                 const absl::Status& parsed)
       : server_(server),
         metrics_(server->options_.metrics),
         request_id_(request.request_id()),
@@ -96,11 +100,11 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     PrefillEngine& engine = *server_->engine_;
     const ModelConfig& config = engine.config();
     const std::span<const int32_t> ids(request.token_ids().data(), request.token_ids().size());
-    absl::Status valid = engine.ValidatePrompt(ids);
-    absl::StatusOr<ChunkPlan> plan = PlanChunks(request.max_chunk_bytes(),
-                                                server_->options_.max_chunk_bytes,
-                                                config.num_kv_heads * config.head_dim,
-                                                engine.kv_dtype());
+    absl::Status valid = parsed;
+    if (valid.ok()) valid = engine.ValidatePrompt(ids);
+    absl::StatusOr<ChunkPlan> plan =
+        PlanChunks(request.max_chunk_bytes(), server_->options_.max_chunk_bytes,
+                   config.num_kv_heads * config.head_dim, engine.kv_dtype());
     if (valid.ok() && !plan.ok()) valid = plan.status();
     if (valid.ok()) valid = ValidateHiddenStateLayers(request, config.num_layers);
     if (!valid.ok()) {
@@ -110,8 +114,8 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     }
     if (metrics_ != nullptr) metrics_->OnAccepted(static_cast<int>(ids.size()));
 
-    auto header = std::make_unique<v1::PrefillResponse>();
-    v1::PrefillHeader* h = header->mutable_header();
+    v1::PrefillResponse header;
+    v1::PrefillHeader* h = header.mutable_header();
     ToProto(engine.fingerprint(), h->mutable_fingerprint());
     h->set_num_tokens(static_cast<int>(ids.size()));
     h->set_num_layers(config.num_layers);
@@ -119,12 +123,17 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     h->set_head_dim(config.head_dim);
     h->set_kv_dtype(ToProto(engine.kv_dtype()));
     h->set_hidden_size(config.hidden_size);
+    absl::StatusOr<grpc::ByteBuffer> header_bytes = EncodeResponse(header);
+    if (!header_bytes.ok()) {
+      ProducerDone(header_bytes.status());
+      return;
+    }
     {
       // Queued but not written until the engine has taken the request: a
       // full queue answers RESOURCE_EXHAUSTED with no header. The worker's
       // first message queues behind it.
       absl::MutexLock lock(&mu_);
-      queue_.push_back(Pending{std::move(header), 0});
+      queue_.push_back(Pending{*std::move(header_bytes), 0, false});
     }
     absl::StatusOr<PrefillEngine::WorkId> id = engine.Submit(MakeWork(request, *plan));
     if (!id.ok()) {
@@ -147,11 +156,11 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
-      if (ok && metrics_ != nullptr && in_flight_ != nullptr && in_flight_->has_kv()) {
+      if (ok && metrics_ != nullptr && in_flight_is_kv_) {
         metrics_->OnKvBytesSent(in_flight_bytes_);
       }
       queued_bytes_ -= in_flight_bytes_;
-      in_flight_.reset();
+      in_flight_.Clear();
       in_flight_bytes_ = 0;
       if (!ok) CancelLocked();  // the stream is broken: stop producing
     }
@@ -179,8 +188,9 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
 
  private:
   struct Pending {
-    std::unique_ptr<v1::PrefillResponse> message;
-    int64_t bytes = 0;
+    grpc::ByteBuffer message;  // an encoded PrefillResponse
+    int64_t bytes = 0;         // payload bytes, for back-pressure and metrics
+    bool is_kv = false;
   };
 
   // The engine's request: sinks that turn K/V and hidden states into
@@ -221,7 +231,8 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
 
   // Worker thread: K and V of tokens [first_token, first_token + num_tokens)
   // of one layer, in KvChunks of at most plan.tokens_per_chunk tokens, copied
-  // from the backend in its kv_dtype straight into the messages.
+  // from the backend in its kv_dtype into buffers that gRPC then sends as
+  // they are (EncodeKvChunkResponse).
   absl::Status SendKv(int layer, const DeviceBuffer& k, const DeviceBuffer& v, int first_token,
                       int num_tokens, const ChunkPlan& plan) {
     Backend& backend = server_->engine_->backend();
@@ -233,20 +244,13 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
       const int count = std::min(plan.tokens_per_chunk, end - first);
       const size_t elements = static_cast<size_t>(count) * kv_width;
       const size_t bytes = elements * DTypeSize(kv_dtype);
-      auto message = std::make_unique<v1::PrefillResponse>();
-      v1::KvChunk* chunk = message->mutable_kv();
-      chunk->set_layer(layer);
-      chunk->set_first_token(first);
-      chunk->set_num_tokens(count);
-      std::string* k_bytes = chunk->mutable_k();
-      k_bytes->resize(bytes);
-      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(k, static_cast<size_t>(first) * kv_width,
-                                                 elements, k_bytes->data(), kv_dtype));
-      std::string* v_bytes = chunk->mutable_v();
-      v_bytes->resize(bytes);
-      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(v, static_cast<size_t>(first) * kv_width,
-                                                 elements, v_bytes->data(), kv_dtype));
-      PDSERVE_RETURN_IF_ERROR(Send(std::move(message), static_cast<int64_t>(2 * bytes)));
+      KvChunkBuffers buffers(bytes);
+      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(k, static_cast<size_t>(first) * kv_width, elements,
+                                                 buffers.k(), kv_dtype));
+      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(v, static_cast<size_t>(first) * kv_width, elements,
+                                                 buffers.v(), kv_dtype));
+      PDSERVE_RETURN_IF_ERROR(Send(EncodeKvChunkResponse(layer, first, count, std::move(buffers)),
+                                   static_cast<int64_t>(2 * bytes), /*is_kv=*/true));
     }
     return absl::OkStatus();
   }
@@ -258,16 +262,18 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     const size_t hidden = values.size() / static_cast<size_t>(num_tokens);
     for (int offset = 0; offset < num_tokens; offset += rows_per_message) {
       const int count = std::min(rows_per_message, num_tokens - offset);
-      auto message = std::make_unique<v1::PrefillResponse>();
-      v1::HiddenStates* states = message->mutable_hidden_states();
+      v1::PrefillResponse message;
+      v1::HiddenStates* states = message.mutable_hidden_states();
       states->set_layer(layer);
       states->set_first_token(first_token + offset);
       states->set_num_tokens(count);
       const std::span<const float> rows =
           values.subspan(static_cast<size_t>(offset) * hidden, static_cast<size_t>(count) * hidden);
       states->mutable_values()->Add(rows.begin(), rows.end());
-      PDSERVE_RETURN_IF_ERROR(
-          Send(std::move(message), static_cast<int64_t>(rows.size() * sizeof(float))));
+      PDSERVE_ASSIGN_OR_RETURN(grpc::ByteBuffer encoded, EncodeResponse(message));
+      PDSERVE_RETURN_IF_ERROR(Send(std::move(encoded),
+                                   static_cast<int64_t>(rows.size() * sizeof(float)),
+                                   /*is_kv=*/false));
     }
     return absl::OkStatus();
   }
@@ -284,12 +290,14 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
       return;
     }
     if (metrics_ != nullptr) metrics_->OnForwardCompleted(absl::Now() - start_);
-    auto message = std::make_unique<v1::PrefillResponse>();
-    v1::FinalHidden* final_hidden = message->mutable_final_hidden();
+    v1::PrefillResponse message;
+    v1::FinalHidden* final_hidden = message.mutable_final_hidden();
     final_hidden->mutable_values()->Add(hidden->begin(), hidden->end());
     final_hidden->set_prefill_ms(prefill_ms);
     const int64_t bytes = static_cast<int64_t>(hidden->size() * sizeof(float));
-    absl::Status sent = Send(std::move(message), bytes);
+    absl::StatusOr<grpc::ByteBuffer> encoded = EncodeResponse(message);
+    absl::Status sent =
+        encoded.ok() ? Send(*std::move(encoded), bytes, /*is_kv=*/false) : encoded.status();
     if (!sent.ok() && metrics_ != nullptr) {
       metrics_->OnCancelled(PrefillMetrics::CancelStage::kForward);
     }
@@ -305,7 +313,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   // Worker thread (and the constructor): queues a message, waiting while
   // more than max_queued_bytes are unsent. CANCELLED once the call is
   // cancelled or broken.
-  absl::Status Send(std::unique_ptr<v1::PrefillResponse> message, int64_t bytes) {
+  absl::Status Send(grpc::ByteBuffer message, int64_t bytes, bool is_kv) {
     {
       absl::MutexLock lock(&mu_);
       const int64_t limit = server_->options_.max_queued_bytes;
@@ -316,7 +324,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
       if (cancelled_) {
         return absl::CancelledError("prefill: the client cancelled the call or the stream broke");
       }
-      queue_.push_back(Pending{std::move(message), bytes});
+      queue_.push_back(Pending{std::move(message), bytes, is_kv});
       queued_bytes_ += bytes;
     }
     Pump();
@@ -351,7 +359,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   // Starts the next write or, once nothing more can be written, Finish.
   // Called without mu_ held: gRPC may run reactions inline.
   void Pump() {
-    const v1::PrefillResponse* to_write = nullptr;
+    const grpc::ByteBuffer* to_write = nullptr;
     bool finish = false;
     grpc::Status status;
     {
@@ -360,9 +368,10 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
       if (!cancelled_ && !queue_.empty()) {
         in_flight_ = std::move(queue_.front().message);
         in_flight_bytes_ = queue_.front().bytes;
+        in_flight_is_kv_ = queue_.front().is_kv;
         queue_.pop_front();
         write_in_flight_ = true;
-        to_write = in_flight_.get();
+        to_write = &in_flight_;
       } else if (producer_done_ && (cancelled_ || queue_.empty())) {
         finished_ = true;
         finish = true;
@@ -373,7 +382,8 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
     if (to_write != nullptr) {
       StartWrite(to_write);
     } else if (finish) {
-      if (metrics_ != nullptr) metrics_->OnEnded(static_cast<absl::StatusCode>(status.error_code()));
+      if (metrics_ != nullptr)
+        metrics_->OnEnded(static_cast<absl::StatusCode>(status.error_code()));
       Finish(status);  // may delete this (OnDone): nothing may follow
     }
   }
@@ -391,8 +401,9 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
   absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // queue_ plus the write in flight
-  std::unique_ptr<v1::PrefillResponse> in_flight_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer in_flight_ ABSL_GUARDED_BY(mu_);
   int64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool in_flight_is_kv_ ABSL_GUARDED_BY(mu_) = false;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool producer_done_ ABSL_GUARDED_BY(mu_) = false;
@@ -404,9 +415,21 @@ class PrefillReactor final : public grpc::ServerWriteReactor<v1::PrefillResponse
 PrefillServer::PrefillServer(PrefillEngine* engine, PrefillServerOptions options)
     : engine_(engine), options_(options) {}
 
-grpc::ServerWriteReactor<v1::PrefillResponse>* PrefillServer::Prefill(
-    grpc::CallbackServerContext* /*context*/, const v1::PrefillRequest* request) {
-  return new PrefillReactor(this, *request);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* PrefillServer::Prefill(
+    grpc::CallbackServerContext* /*context*/, const grpc::ByteBuffer* request_bytes) {
+  // The method is registered raw so that responses can be sent as
+  // pre-encoded byte buffers; the request is parsed here instead of by the
+  // generated code. Deserialize consumes its buffer: parse a copy (slices
+  // are reference-counted, nothing is copied).
+  grpc::ByteBuffer copy(*request_bytes);
+  v1::PrefillRequest request;
+  const grpc::Status parsed =
+      grpc::SerializationTraits<v1::PrefillRequest>::Deserialize(&copy, &request);
+  return new PrefillReactor(
+      this, request,
+      parsed.ok() ? absl::OkStatus()
+                  : absl::InvalidArgumentError(absl::StrCat("PrefillRequest: not a valid message (",
+                                                            parsed.error_message(), ")")));
 }
 
 grpc::ServerUnaryReactor* PrefillServer::GetModelInfo(grpc::CallbackServerContext* context,

@@ -2,10 +2,11 @@
 #ifndef PDSERVE_PREFILL_SERVICE_PREFILL_SERVER_H_
 #define PDSERVE_PREFILL_SERVICE_PREFILL_SERVER_H_
 
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/server_callback.h>
+
 #include <atomic>
 #include <cstdint>
-
-#include <grpcpp/support/server_callback.h>
 
 #include "absl/status/statusor.h"
 #include "pdserve/v1/prefill.grpc.pb.h"
@@ -29,7 +30,7 @@ struct PrefillServerOptions {
 
 // How a prompt's K and V of one layer are cut into KvChunk token ranges.
 struct ChunkPlan {
-  int tokens_per_chunk = 0;   // the last chunk of a layer may hold fewer
+  int tokens_per_chunk = 0;     // the last chunk of a layer may hold fewer
   int64_t bytes_per_token = 0;  // K+V of one token in one layer
   int64_t max_bytes = 0;        // the limit in force (also for HiddenStates)
 };
@@ -39,8 +40,7 @@ struct ChunkPlan {
 // than one token's K+V; 0 selects `server_max_chunk_bytes`, and a larger
 // request is capped to it.
 absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
-                                     int64_t server_max_chunk_bytes, int kv_width,
-                                     DType kv_dtype);
+                                     int64_t server_max_chunk_bytes, int kv_width, DType kv_dtype);
 
 // Serves Prefill and GetModelInfo from `engine`, which must outlive the
 // server's Shutdown(). Prefill streams:
@@ -58,12 +58,20 @@ absl::StatusOr<ChunkPlan> PlanChunks(int64_t requested_max_chunk_bytes,
 // its next chunk without disturbing the rest of its batch; the call ends
 // with CANCELLED and the reactor frees itself in OnDone. A slow reader's
 // back-pressure (max_queued_bytes) holds up the worker, and so its batch.
-class PrefillServer final : public v1::PrefillService::CallbackService {
+//
+// Prefill is registered as a raw method (the generated
+// WithRawCallbackMethod_Prefill): requests arrive as bytes and are parsed
+// here (unparseable: INVALID_ARGUMENT), and responses leave as pre-encoded
+// byte buffers, so KvChunk bytes go from the backend's copy to the socket
+// without protobuf's serialisation copy (proto/kv_wire/kv_chunk_encoder.h).
+// The wire format is unchanged: any PrefillService client reads it.
+class PrefillServer final : public v1::PrefillService::WithRawCallbackMethod_Prefill<
+                                v1::PrefillService::CallbackService> {
  public:
   PrefillServer(PrefillEngine* engine, PrefillServerOptions options);
 
-  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(
-      grpc::CallbackServerContext* context, const v1::PrefillRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Prefill(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;

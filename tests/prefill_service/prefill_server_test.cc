@@ -3,6 +3,14 @@
 // reactor (active_streams back to 0) and leaves the engine's worker free.
 #include "prefill_service/prefill_server.h"
 
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -12,13 +20,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/client_context.h>
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -81,8 +82,9 @@ class InProcessPrefillTest : public ::testing::Test {
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port, 0);
-    stub_ = v1::PrefillService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
-                                                            grpc::InsecureChannelCredentials()));
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+    stub_ = v1::PrefillService::NewStub(channel_);
   }
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
@@ -131,6 +133,7 @@ class InProcessPrefillTest : public ::testing::Test {
   std::unique_ptr<PrefillEngine> engine_;
   std::unique_ptr<PrefillServer> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::PrefillService::Stub> stub_;
 };
 
@@ -156,6 +159,41 @@ TEST_F(InProcessPrefillTest, CompletedRejectedAndCancelledStreamsAllRelease) {
   EXPECT_TRUE(WaitForNoActiveStreams()) << service_->active_streams() << " streams still active";
   status = RunToEnd({1, 403}, &messages);
   EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(WaitForNoActiveStreams());
+}
+
+// Prefill is a raw method (requests parsed by the server itself): bytes that
+// are not a PrefillRequest end the call with INVALID_ARGUMENT and no
+// message, and the stream is released.
+TEST_F(InProcessPrefillTest, UnparseableRequestIsInvalidArgumentAndReleases) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(PrefillServerOptions()));
+  grpc::GenericStub stub(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  // Field 2 (token_ids) as a length-delimited run that claims 100 bytes
+  // and has 2.
+  const std::string garbage("\x12\x64\x01\x02", 4);
+  grpc::Slice slice(garbage);
+  grpc::ByteBuffer request(&slice, 1);
+  auto call = stub.PrepareCall(&context, "/pdserve.v1.PrefillService/Prefill", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  call->WriteLast(request, grpc::WriteOptions(), reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_FALSE(ok) << "a message arrived for an unparseable request";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("PrefillRequest"));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
   EXPECT_TRUE(WaitForNoActiveStreams());
 }
 
@@ -485,8 +523,9 @@ TEST_F(BatchingPrefillTest, HiddenStatesMatchTheReference) {
   ASSERT_EQ(r.hidden.size(), 3u);
   for (int layer : {-1, 3}) {
     EXPECT_EQ(r.hidden_seen.at(layer), std::vector<int>(5, 1));
-    EXPECT_LT(MaxScaledDifference(r.hidden.at(layer), flatten(golden["layers"][std::to_string(layer)])),
-              1e-4f);
+    EXPECT_LT(
+        MaxScaledDifference(r.hidden.at(layer), flatten(golden["layers"][std::to_string(layer)])),
+        1e-4f);
   }
   const int final_layer = config_.num_layers;
   EXPECT_LT(MaxScaledDifference(r.hidden.at(final_layer), flatten(golden["final_norm"])), 1e-4f);
@@ -494,8 +533,8 @@ TEST_F(BatchingPrefillTest, HiddenStatesMatchTheReference) {
                                r.hidden.at(final_layer).end()),
             r.final_hidden);
 
-  for (const std::vector<int32_t>& layers : {std::vector<int32_t>{5}, std::vector<int32_t>{-2},
-                                             std::vector<int32_t>{0, 2, 0}}) {
+  for (const std::vector<int32_t>& layers :
+       {std::vector<int32_t>{5}, std::vector<int32_t>{-2}, std::vector<int32_t>{0, 2, 0}}) {
     v1::PrefillRequest bad = Request({1, 403});
     bad.mutable_hidden_state_layers()->Add(layers.begin(), layers.end());
     const StreamResult refused = Run(bad);

@@ -1,0 +1,56 @@
+// Zero-copy encoding of the prefill stream's KvChunk messages.
+#ifndef PDSERVE_PROTO_KV_WIRE_KV_CHUNK_ENCODER_H_
+#define PDSERVE_PROTO_KV_WIRE_KV_CHUNK_ENCODER_H_
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include <cstddef>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "pdserve/v1/prefill.pb.h"
+
+namespace pdserve {
+
+// Host bytes of one KvChunk's K and V, filled by the producer (a backend's
+// CopyToHost) and then handed to gRPC as they are. Each of k() and v() holds
+// bytes_each() bytes: [num_tokens, num_kv_heads, head_dim] in the stream's
+// kv_dtype, row-major, little-endian (pdserve/v1/prefill.proto KvChunk).
+// Uninitialised on construction.
+class KvChunkBuffers {
+ public:
+  explicit KvChunkBuffers(size_t bytes_each);
+  KvChunkBuffers(KvChunkBuffers &&) = default;
+  KvChunkBuffers &operator=(KvChunkBuffers &&) = default;
+
+  char *k() { return k_.get(); }
+  char *v() { return v_.get(); }
+  size_t bytes_each() const { return bytes_each_; }
+
+ private:
+  friend grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_tokens,
+                                                KvChunkBuffers buffers);
+  std::unique_ptr<char[]> k_;
+  std::unique_ptr<char[]> v_;
+  size_t bytes_each_;
+};
+
+// PrefillResponse{kv: KvChunk{layer, first_token, num_tokens, k, v}} in
+// protobuf's wire format, byte for byte what PrefillResponse::Serialize
+// writes (fields in number order, zero scalars left out), so any protobuf
+// client parses it. Why not protobuf's own serialisation: that copies K and
+// V into gRPC's buffer; here they travel as slices that own `buffers` and
+// free them once gRPC has written them to the socket, which leaves the
+// kernel's copy as the only one after the producer's (docs/benchmarks.md,
+// KV transfer). Four slices: field headers, K, V's header, V.
+grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_tokens,
+                                       KvChunkBuffers buffers);
+
+// Any other response through protobuf's serialisation (small messages:
+// header, hidden states, final hidden state). INTERNAL when protobuf
+// refuses (a message over 2 GiB).
+absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse &response);
+
+}  // namespace pdserve
+
+#endif  // PDSERVE_PROTO_KV_WIRE_KV_CHUNK_ENCODER_H_
