@@ -13,8 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <nlohmann/json.hpp>
+#include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,39 +22,11 @@
 #include "shared/model_config.h"
 #include "shared/model_weights.h"
 #include "shared/transformer.h"
+#include "tests/testing/golden_forward.h"
 #include "tests/testing/test_paths.h"
 
 namespace pdserve {
 namespace {
-
-struct GoldenCase {
-  std::string name;
-  std::vector<int32_t> prompt;
-  std::vector<float> logits;  // [positions, vocab]
-  int vocab = 0;
-};
-
-std::vector<GoldenCase> LoadGolden() {
-  const std::string dir = TestDataDir() + "/golden/";
-  std::ifstream json_file(dir + "stories260K_forward.json");
-  EXPECT_TRUE(json_file.good()) << "missing " << dir << "stories260K_forward.json";
-  const nlohmann::json golden = nlohmann::json::parse(json_file);
-  std::vector<GoldenCase> cases;
-  for (const nlohmann::json& entry : golden["cases"]) {
-    GoldenCase c;
-    c.name = entry["name"];
-    c.prompt = entry["prompt"].get<std::vector<int32_t>>();
-    const std::vector<int> shape = entry["logits_shape"].get<std::vector<int>>();
-    c.vocab = shape[1];
-    c.logits.resize(static_cast<size_t>(shape[0]) * shape[1]);
-    std::ifstream raw(dir + entry["logits_file"].get<std::string>(), std::ios::binary);
-    raw.read(reinterpret_cast<char*>(c.logits.data()),
-             static_cast<std::streamsize>(c.logits.size() * sizeof(float)));
-    EXPECT_TRUE(raw.good()) << "short logits file for " << c.name;
-    cases.push_back(std::move(c));
-  }
-  return cases;
-}
 
 TEST(CpuBackendBf16ModelTest, LogitsOfEveryPromptPositionStayNearTheReference) {
   auto config = LoadModelConfig(Stories260KDir());
@@ -65,17 +37,18 @@ TEST(CpuBackendBf16ModelTest, LogitsOfEveryPromptPositionStayNearTheReference) {
   auto model = Transformer::Create(*config, *weights, backend.get());
   ASSERT_TRUE(model.ok()) << model.status();
 
-  const std::vector<GoldenCase> golden = LoadGolden();
-  ASSERT_FALSE(golden.empty());
+  const absl::StatusOr<std::vector<GoldenForwardCase>> golden = LoadGoldenForwardCases();
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  ASSERT_FALSE(golden->empty());
   double worst_fraction = 0.0;
-  for (const GoldenCase& c : golden) {
+  for (const GoldenForwardCase& c : *golden) {
     for (size_t length = 1; length <= c.prompt.size(); ++length) {
       SCOPED_TRACE(testing::Message() << c.name << " prefix " << length);
       auto hidden = (*model)->Prefill(std::span<const int32_t>(c.prompt).first(length), nullptr);
       ASSERT_TRUE(hidden.ok()) << hidden.status();
       auto logits = (*model)->ComputeLogits(*hidden, 1);
       ASSERT_TRUE(logits.ok()) << logits.status();
-      const float* expected = c.logits.data() + (length - 1) * c.vocab;
+      const std::span<const float> expected = c.Row(static_cast<int>(length) - 1);
       double scale = 0.0, worst = 0.0;
       for (int j = 0; j < c.vocab; ++j) {
         scale = std::max(scale, std::fabs(static_cast<double>(expected[j])));

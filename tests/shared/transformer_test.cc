@@ -21,52 +21,11 @@
 #include "shared/model_config.h"
 #include "shared/model_weights.h"
 #include "shared/tokenizer.h"
+#include "tests/testing/golden_forward.h"
 #include "tests/testing/test_paths.h"
 
 namespace pdserve {
 namespace {
-
-// One case of tests/data/golden/stories260K_forward.json.
-struct GoldenCase {
-  std::string name;
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> greedy_tokens;  // 64
-  std::string greedy_text;
-  std::vector<float> final_hidden_last;  // [hidden]
-  std::vector<float> logits;             // [prompt + 64, vocab], row-major
-  int vocab = 0;
-
-  // Row `position` of the logits: the distribution of the token after it.
-  std::span<const float> Row(int position) const {
-    return std::span<const float>(logits).subspan(static_cast<size_t>(position) * vocab, vocab);
-  }
-};
-
-std::vector<GoldenCase> LoadGolden() {
-  const std::string dir = TestDataDir() + "/golden/";
-  std::ifstream json_file(dir + "stories260K_forward.json");
-  EXPECT_TRUE(json_file.good()) << "missing " << dir << "stories260K_forward.json";
-  const nlohmann::json golden = nlohmann::json::parse(json_file);
-  std::vector<GoldenCase> cases;
-  for (const nlohmann::json& entry : golden["cases"]) {
-    GoldenCase c;
-    c.name = entry["name"];
-    c.prompt = entry["prompt"].get<std::vector<int32_t>>();
-    c.greedy_tokens = entry["greedy_tokens"].get<std::vector<int32_t>>();
-    c.greedy_text = entry["greedy_text"];
-    c.final_hidden_last = entry["final_hidden_last"].get<std::vector<float>>();
-    const std::vector<int> shape = entry["logits_shape"].get<std::vector<int>>();
-    c.vocab = shape[1];
-    c.logits.resize(static_cast<size_t>(shape[0]) * shape[1]);
-    std::ifstream raw(dir + entry["logits_file"].get<std::string>(), std::ios::binary);
-    raw.read(reinterpret_cast<char*>(c.logits.data()),
-             static_cast<std::streamsize>(c.logits.size() * sizeof(float)));
-    EXPECT_TRUE(raw.good()) << "short logits file for " << c.name;
-    EXPECT_EQ(static_cast<size_t>(shape[0]), c.prompt.size() + c.greedy_tokens.size());
-    cases.push_back(std::move(c));
-  }
-  return cases;
-}
 
 float MaxAbsDifference(std::span<const float> a, std::span<const float> b) {
   EXPECT_EQ(a.size(), b.size());
@@ -96,7 +55,12 @@ int32_t ArgMax(std::span<const float> logits) {
 
 class TransformerTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { golden_ = new std::vector<GoldenCase>(LoadGolden()); }
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::vector<GoldenForwardCase>> golden = LoadGoldenForwardCases();
+    EXPECT_TRUE(golden.ok()) << golden.status();
+    golden_ = new std::vector<GoldenForwardCase>(golden.ok() ? *std::move(golden)
+                                                             : std::vector<GoldenForwardCase>());
+  }
   static void TearDownTestSuite() {
     delete golden_;
     golden_ = nullptr;
@@ -163,18 +127,18 @@ class TransformerTest : public ::testing::Test {
     return *logits;
   }
 
-  static std::vector<GoldenCase>* golden_;
+  static std::vector<GoldenForwardCase>* golden_;
   std::unique_ptr<Backend> backend_ = CreateCpuBackend();
   ModelConfig config_;
   ModelWeights weights_;
   std::unique_ptr<Transformer> model_;
 };
 
-std::vector<GoldenCase>* TransformerTest::golden_ = nullptr;
+std::vector<GoldenForwardCase>* TransformerTest::golden_ = nullptr;
 
 // (a) Every prompt position: the last-position logits of each prefix.
 TEST_F(TransformerTest, LogitsOfEveryPromptPositionMatchTheReference) {
-  for (const GoldenCase& c : *golden_) {
+  for (const GoldenForwardCase& c : *golden_) {
     for (size_t length = 1; length <= c.prompt.size(); ++length) {
       SCOPED_TRACE(testing::Message() << c.name << " prefix " << length);
       const std::vector<float> logits =
@@ -186,7 +150,7 @@ TEST_F(TransformerTest, LogitsOfEveryPromptPositionMatchTheReference) {
 
 // (b) Prefill's result is the final RMSNorm output of the last position.
 TEST_F(TransformerTest, FinalHiddenStateMatchesTheReference) {
-  for (const GoldenCase& c : *golden_) {
+  for (const GoldenForwardCase& c : *golden_) {
     SCOPED_TRACE(c.name);
     auto hidden = model_->Prefill(c.prompt, nullptr);
     ASSERT_TRUE(hidden.ok()) << hidden.status();
@@ -198,7 +162,7 @@ TEST_F(TransformerTest, FinalHiddenStateMatchesTheReference) {
 // (c) The model's documented behaviour: BOS + "Once upon a time" continues
 // with "there was a little girl named Lily".
 TEST_F(TransformerTest, GreedyOnceUponATimeIsTheReferenceStory) {
-  const GoldenCase& c = golden_->at(0);
+  const GoldenForwardCase& c = golden_->at(0);
   ASSERT_EQ(c.name, "once_upon");
   ASSERT_EQ(c.prompt, (std::vector<int32_t>{1, 403, 407, 261, 378}));
   std::vector<int32_t> tokens = c.prompt;
@@ -218,7 +182,7 @@ TEST_F(TransformerTest, GreedyOnceUponATimeIsTheReferenceStory) {
 // recomputing the whole sequence every step.
 TEST_F(TransformerTest, PrefillThenDecodeEqualsWholeSequence) {
   for (int block_size : {1, 16}) {
-    for (const GoldenCase& c : *golden_) {
+    for (const GoldenForwardCase& c : *golden_) {
       SCOPED_TRACE(testing::Message() << c.name << " block_size " << block_size);
       auto cache = MakeCache(256, block_size);
       const int free_before = cache->num_free_blocks();
@@ -254,8 +218,8 @@ TEST_F(TransformerTest, PrefillThenDecodeEqualsWholeSequence) {
 // (e) A decode batch of sequences at different lengths gives each the
 // logits it gets alone.
 TEST_F(TransformerTest, BatchedDecodeEqualsEachSequenceAlone) {
-  const GoldenCase& once = golden_->at(0);
-  const GoldenCase& random = golden_->at(1);
+  const GoldenForwardCase& once = golden_->at(0);
+  const GoldenForwardCase& random = golden_->at(1);
   const std::vector<std::vector<int32_t>> prompts = {
       once.prompt,
       random.prompt,

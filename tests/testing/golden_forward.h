@@ -16,9 +16,10 @@ namespace pdserve {
 // One case of stories260K_forward.json.
 struct GoldenForwardCase {
   std::string name;
-  std::vector<int32_t> prompt;         // token ids, BOS first
-  std::vector<int32_t> greedy_tokens;  // 64 argmax continuations (lowest id on ties)
-  std::string greedy_text;             // greedy_tokens decoded after the prompt
+  std::vector<int32_t> prompt;           // token ids, BOS first
+  std::vector<int32_t> greedy_tokens;    // 64 argmax continuations (lowest id on ties)
+  std::string greedy_text;               // greedy_tokens decoded after the prompt
+  std::vector<float> final_hidden_last;  // [hidden]: last prompt position, after the final norm
   int vocab = 0;
   std::vector<float> logits;  // [prompt + 64, vocab] float32, row-major
 
@@ -37,6 +38,9 @@ struct GoldenForwardCase {
 // file or case; INVALID_ARGUMENT for malformed JSON or a logits file of the
 // wrong size.
 absl::StatusOr<GoldenForwardCase> LoadGoldenForwardCase(const std::string& name);
+
+// Every case, in the file's order. Errors as LoadGoldenForwardCase.
+absl::StatusOr<std::vector<GoldenForwardCase>> LoadGoldenForwardCases();
 
 // log_softmax of `logits` in float64: the reference for logprobs.
 std::vector<double> ReferenceLogSoftmax(std::span<const float> logits);
