@@ -1,7 +1,9 @@
 #include "shared/model_config.h"
 
 #include <fstream>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
@@ -111,51 +113,72 @@ absl::Status ParseStatus(const nlohmann::json& config) {
   return ParseModelConfig(config.dump(), "", "").status();
 }
 
+// Every field of `actual` against `expected`.
+void ExpectConfig(const ModelConfig& actual, const ModelConfig& expected) {
+  EXPECT_EQ(actual.architecture, expected.architecture);
+  EXPECT_EQ(actual.model_type, expected.model_type);
+  EXPECT_EQ(actual.vocab_size, expected.vocab_size);
+  EXPECT_EQ(actual.hidden_size, expected.hidden_size);
+  EXPECT_EQ(actual.intermediate_size, expected.intermediate_size);
+  EXPECT_EQ(actual.num_layers, expected.num_layers);
+  EXPECT_EQ(actual.num_heads, expected.num_heads);
+  EXPECT_EQ(actual.num_kv_heads, expected.num_kv_heads);
+  EXPECT_EQ(actual.head_dim, expected.head_dim);
+  EXPECT_FLOAT_EQ(actual.rms_norm_eps, expected.rms_norm_eps);
+  EXPECT_FLOAT_EQ(actual.rope_theta, expected.rope_theta);
+  EXPECT_EQ(actual.max_position_embeddings, expected.max_position_embeddings);
+  EXPECT_EQ(actual.tie_word_embeddings, expected.tie_word_embeddings);
+  EXPECT_EQ(actual.torch_dtype, expected.torch_dtype);
+  EXPECT_EQ(actual.bos_token_id, expected.bos_token_id);
+  EXPECT_EQ(actual.eos_token_ids, expected.eos_token_ids);
+  EXPECT_EQ(actual.add_bos_token, expected.add_bos_token);
+}
+
 TEST(ModelConfigTest, LoadsStories260K) {
   absl::StatusOr<ModelConfig> config = LoadModelConfig(Stories260KDir());
   ASSERT_TRUE(config.ok()) << config.status();
   // Values from models/stories260K/README.md.
-  EXPECT_EQ(config->architecture, "LlamaForCausalLM");
-  EXPECT_EQ(config->model_type, "llama");
-  EXPECT_EQ(config->vocab_size, 512);
-  EXPECT_EQ(config->hidden_size, 64);
-  EXPECT_EQ(config->intermediate_size, 172);
-  EXPECT_EQ(config->num_layers, 5);
-  EXPECT_EQ(config->num_heads, 8);
-  EXPECT_EQ(config->num_kv_heads, 4);
-  EXPECT_EQ(config->head_dim, 8);
-  EXPECT_EQ(config->max_position_embeddings, 512);
-  EXPECT_FLOAT_EQ(config->rms_norm_eps, 1e-5f);
-  EXPECT_FLOAT_EQ(config->rope_theta, 10000.0f);
-  EXPECT_TRUE(config->tie_word_embeddings);
-  EXPECT_EQ(config->torch_dtype, DType::kF32);
-  EXPECT_EQ(config->bos_token_id, 1);
-  EXPECT_THAT(config->eos_token_ids, ElementsAre(2));
-  EXPECT_TRUE(config->add_bos_token);
+  ExpectConfig(*config, {.architecture = "LlamaForCausalLM",
+                         .model_type = "llama",
+                         .vocab_size = 512,
+                         .hidden_size = 64,
+                         .intermediate_size = 172,
+                         .num_layers = 5,
+                         .num_heads = 8,
+                         .num_kv_heads = 4,
+                         .head_dim = 8,
+                         .rms_norm_eps = 1e-5f,
+                         .rope_theta = 10000.0f,
+                         .max_position_embeddings = 512,
+                         .tie_word_embeddings = true,
+                         .torch_dtype = DType::kF32,
+                         .bos_token_id = 1,
+                         .eos_token_ids = {2},
+                         .add_bos_token = true});
 }
 
 TEST(ModelConfigTest, ParsesPhi3Mini) {
   absl::StatusOr<ModelConfig> config =
       ParseModelConfig(kPhi3MiniConfig, kPhi3MiniGenerationConfig, kPhi3MiniTokenizerConfig);
   ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_EQ(config->architecture, "Phi3ForCausalLM");
-  EXPECT_EQ(config->model_type, "phi3");
-  EXPECT_EQ(config->vocab_size, 32064);
-  EXPECT_EQ(config->hidden_size, 3072);
-  EXPECT_EQ(config->intermediate_size, 8192);
-  EXPECT_EQ(config->num_layers, 32);
-  EXPECT_EQ(config->num_heads, 32);
-  EXPECT_EQ(config->num_kv_heads, 32);
-  EXPECT_EQ(config->head_dim, 96);
-  EXPECT_EQ(config->max_position_embeddings, 4096);
-  EXPECT_FLOAT_EQ(config->rope_theta, 10000.0f);
-  EXPECT_FLOAT_EQ(config->rms_norm_eps, 1e-5f);
-  EXPECT_FALSE(config->tie_word_embeddings);
-  EXPECT_EQ(config->torch_dtype, DType::kBF16);
-  EXPECT_EQ(config->bos_token_id, 1);
-  // generation_config.json's list wins over config.json's single 32000.
-  EXPECT_THAT(config->eos_token_ids, ElementsAre(32000, 32001, 32007));
-  EXPECT_FALSE(config->add_bos_token);
+  ExpectConfig(*config, {.architecture = "Phi3ForCausalLM",
+                         .model_type = "phi3",
+                         .vocab_size = 32064,
+                         .hidden_size = 3072,
+                         .intermediate_size = 8192,
+                         .num_layers = 32,
+                         .num_heads = 32,
+                         .num_kv_heads = 32,
+                         .head_dim = 96,
+                         .rms_norm_eps = 1e-5f,
+                         .rope_theta = 10000.0f,
+                         .max_position_embeddings = 4096,
+                         .tie_word_embeddings = false,
+                         .torch_dtype = DType::kBF16,
+                         .bos_token_id = 1,
+                         // generation_config.json's list wins over config.json's single 32000.
+                         .eos_token_ids = {32000, 32001, 32007},
+                         .add_bos_token = false});
 }
 
 TEST(ModelConfigTest, ConfigEosUsedWithoutGenerationConfig) {
@@ -308,30 +331,30 @@ TEST(ModelConfigTest, NullOptionalFieldsTakeDefaults) {
 }
 
 TEST(ModelConfigTest, JsonErrorsNameTheFile) {
-  absl::Status status = ParseModelConfig("{not json", "", "").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("config.json"));
-
-  status = ParseModelConfig("[1, 2]", "", "").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("config.json"));
-
-  status = ParseModelConfig(MinimalLlama().dump(), "{\"eos_token_id\": ", "").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("generation_config.json"));
-
-  status = ParseModelConfig(MinimalLlama().dump(), R"({"eos_token_id": [2, "x"]})", "").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("generation_config.json"));
-  EXPECT_THAT(status.message(), HasSubstr("eos_token_id"));
-
-  status = ParseModelConfig(MinimalLlama().dump(), "", "{,}").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("tokenizer_config.json"));
-
-  status = ParseModelConfig(MinimalLlama().dump(), "", R"({"add_bos_token": "yes"})").status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("add_bos_token"));
+  const std::string minimal = MinimalLlama().dump();
+  struct Case {
+    std::string config, generation_config, tokenizer_config;
+    std::vector<const char*> message_parts;
+  };
+  const Case cases[] = {
+      {"{not json", "", "", {"config.json"}},
+      {"[1, 2]", "", "", {"config.json"}},
+      {minimal, "{\"eos_token_id\": ", "", {"generation_config.json"}},
+      {minimal, R"({"eos_token_id": [2, "x"]})", "", {"generation_config.json", "eos_token_id"}},
+      {minimal, "", "{,}", {"tokenizer_config.json"}},
+      {minimal, "", R"({"add_bos_token": "yes"})", {"add_bos_token"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "config " << c.config << ", generation_config " << c.generation_config
+                 << ", tokenizer_config " << c.tokenizer_config);
+    const absl::Status status =
+        ParseModelConfig(c.config, c.generation_config, c.tokenizer_config).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    for (const char* part : c.message_parts) {
+      EXPECT_THAT(status.message(), HasSubstr(part)) << status;
+    }
+  }
 }
 
 TEST(ModelConfigTest, LoadErrors) {

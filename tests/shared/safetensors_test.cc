@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,17 +58,23 @@ TEST(SafetensorsFileTest, RoundTripsEveryFloatDtype) {
   EXPECT_EQ(f32->num_bytes, 12u);
   EXPECT_THAT(Floats(*f32), ElementsAre(1.5f, -2.0f, 0.25f));
 
-  const HostTensor* bf16 = (*file)->Find("b.bf16");
-  ASSERT_NE(bf16, nullptr);
-  EXPECT_EQ(bf16->dtype, DType::kBF16);
-  EXPECT_THAT(bf16->shape, ElementsAre(1, 3));
-  EXPECT_THAT(Halves(*bf16), ElementsAre(0x3fc0, 0xc000, 0x3e80));
-
-  const HostTensor* f16 = (*file)->Find("c.f16");
-  ASSERT_NE(f16, nullptr);
-  EXPECT_EQ(f16->dtype, DType::kF16);
-  EXPECT_THAT(f16->shape, ElementsAre(3, 1));
-  EXPECT_THAT(Halves(*f16), ElementsAre(0x3e00, 0xc000, 0x3400));
+  const struct {
+    const char* name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint16_t> bits;
+  } halves[] = {
+      {"b.bf16", DType::kBF16, {1, 3}, {0x3fc0, 0xc000, 0x3e80}},
+      {"c.f16", DType::kF16, {3, 1}, {0x3e00, 0xc000, 0x3400}},
+  };
+  for (const auto& expected : halves) {
+    SCOPED_TRACE(expected.name);
+    const HostTensor* tensor = (*file)->Find(expected.name);
+    ASSERT_NE(tensor, nullptr);
+    EXPECT_EQ(tensor->dtype, expected.dtype);
+    EXPECT_EQ(tensor->shape, expected.shape);
+    EXPECT_EQ(Halves(*tensor), expected.bits);
+  }
 
   const HostTensor* empty = (*file)->Find("d.empty");
   ASSERT_NE(empty, nullptr);
@@ -224,39 +231,59 @@ TEST(TensorStoreTest, OpensSingleFile) {
 }
 
 TEST(TensorStoreTest, ShardErrors) {
-  {
-    TempDir dir;
-    WriteShardedModel(dir);
-    std::filesystem::remove(dir.File("model-00002-of-00002.safetensors"));
-    absl::Status status = TensorStore::Open(dir.path()).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
-    EXPECT_THAT(status.message(), HasSubstr("model-00002-of-00002.safetensors"));
-  }
-  {
-    TempDir dir;
-    WriteShardedModel(dir);
-    std::ofstream(dir.File("model.safetensors.index.json")) << R"({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "d": "model-00002-of-00002.safetensors"}})";
-    absl::Status status = TensorStore::Open(dir.path()).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
-    EXPECT_THAT(status.message(), HasSubstr("'d'"));
-    EXPECT_THAT(status.message(), HasSubstr("model-00002-of-00002.safetensors"));
-  }
-  const std::pair<const char*, const char*> bad_indexes[] = {
-      {"{not json", "JSON"},
-      {R"({"metadata": {}})", "weight_map"},
-      {R"({"weight_map": {"a": 3}})", "'a'"},
-      {R"({"weight_map": {"a": "../model-00001-of-00002.safetensors"}})", "'a'"},
-      {R"({"weight_map": {"a": "/etc/passwd"}})", "'a'"},
+  static constexpr char kIndex[] = "model.safetensors.index.json";
+  static constexpr char kShard2[] = "model-00002-of-00002.safetensors";
+  // Each case breaks a copy of WriteShardedModel's checkpoint.
+  struct Case {
+    const char* description;
+    std::function<void(const TempDir&)> mutate;
+    absl::StatusCode code;
+    std::vector<const char*> message_parts;
   };
-  for (const auto& [index, part] : bad_indexes) {
+  auto write_index = [](const char* index) {
+    return [index](const TempDir& dir) { std::ofstream(dir.File(kIndex)) << index; };
+  };
+  const Case cases[] = {
+      {"missing shard",
+       [](const TempDir& dir) { std::filesystem::remove(dir.File(kShard2)); },
+       absl::StatusCode::kNotFound,
+       {kShard2}},
+      {"index names a tensor its shard lacks",
+       write_index(R"({"weight_map": {
+           "a": "model-00001-of-00002.safetensors", "d": "model-00002-of-00002.safetensors"}})"),
+       absl::StatusCode::kInvalidArgument,
+       {"'d'", kShard2}},
+      {"index not JSON",
+       write_index("{not json"),
+       absl::StatusCode::kInvalidArgument,
+       {"JSON", kIndex}},
+      {"no weight_map",
+       write_index(R"({"metadata": {}})"),
+       absl::StatusCode::kInvalidArgument,
+       {"weight_map", kIndex}},
+      {"file name not a string",
+       write_index(R"({"weight_map": {"a": 3}})"),
+       absl::StatusCode::kInvalidArgument,
+       {"'a'", kIndex}},
+      {"file outside the directory",
+       write_index(R"({"weight_map": {"a": "../model-00001-of-00002.safetensors"}})"),
+       absl::StatusCode::kInvalidArgument,
+       {"'a'", kIndex}},
+      {"absolute file name",
+       write_index(R"({"weight_map": {"a": "/etc/passwd"}})"),
+       absl::StatusCode::kInvalidArgument,
+       {"'a'", kIndex}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.description);
     TempDir dir;
     WriteShardedModel(dir);
-    std::ofstream(dir.File("model.safetensors.index.json")) << index;
-    absl::Status status = TensorStore::Open(dir.path()).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << index << ": " << status;
-    EXPECT_THAT(status.message(), HasSubstr(part)) << index;
-    EXPECT_THAT(status.message(), HasSubstr("model.safetensors.index.json")) << index;
+    c.mutate(dir);
+    const absl::Status status = TensorStore::Open(dir.path()).status();
+    EXPECT_EQ(status.code(), c.code) << status;
+    for (const char* part : c.message_parts) {
+      EXPECT_THAT(status.message(), HasSubstr(part)) << status;
+    }
   }
   TempDir empty;
   absl::Status status = TensorStore::Open(empty.path()).status();
