@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/cpu_thread_pool.h"
+#include "shared/buffer_range.h"
 #include "shared/weight_row_blocks.h"
 
 namespace pdserve {
@@ -105,15 +106,6 @@ absl::Status ConvertElements(const void* src, DType src_dtype, size_t n, void* d
   return absl::OkStatus();
 }
 
-absl::Status CheckRange(const DeviceBuffer& buffer, size_t offset, size_t n, const char* what) {
-  if (offset > buffer.num_elements() || n > buffer.num_elements() - offset) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": elements [", offset, ", ", offset + n,
-                                                   ") exceed the buffer's ",
-                                                   buffer.num_elements()));
-  }
-  return absl::OkStatus();
-}
-
 // A weight matrix's elements as MatMul and Embedding take them.
 bool IsWeightDtype(DType dtype) { return dtype == DType::kF32 || dtype == DType::kBF16; }
 
@@ -168,7 +160,8 @@ class CpuBackend final : public Backend {
 
   absl::Status CopyToDevice(const void* src, DType src_dtype, size_t n, DeviceBuffer& dst,
                             size_t dst_offset) override {
-    if (absl::Status range = CheckRange(dst, dst_offset, n, "CopyToDevice dst"); !range.ok()) {
+    if (absl::Status range = CheckBufferRange(dst, dst_offset, n, "CopyToDevice dst");
+        !range.ok()) {
       return range;
     }
     if (n == 0) return absl::OkStatus();
@@ -178,7 +171,7 @@ class CpuBackend final : public Backend {
 
   absl::Status CopyToHost(const DeviceBuffer& src, size_t src_offset, size_t n, void* dst,
                           DType dst_dtype) override {
-    if (absl::Status range = CheckRange(src, src_offset, n, "CopyToHost src"); !range.ok()) {
+    if (absl::Status range = CheckBufferRange(src, src_offset, n, "CopyToHost src"); !range.ok()) {
       return range;
     }
     if (n == 0) return absl::OkStatus();
@@ -358,8 +351,8 @@ class CpuBackend final : public Backend {
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                     size_t dst_offset, size_t n) override {
     PDSERVE_CPU_CHECK(src.dtype() == dst.dtype(), "CopyElements dtypes differ");
-    PDSERVE_CPU_CHECK(CheckRange(src, src_offset, n, "src").ok(), "CopyElements src range");
-    PDSERVE_CPU_CHECK(CheckRange(dst, dst_offset, n, "dst").ok(), "CopyElements dst range");
+    PDSERVE_CPU_CHECK(CheckBufferRange(src, src_offset, n, "src").ok(), "CopyElements src range");
+    PDSERVE_CPU_CHECK(CheckBufferRange(dst, dst_offset, n, "dst").ok(), "CopyElements dst range");
     const size_t size = DTypeSize(src.dtype());
     std::memmove(static_cast<char*>(dst.data()) + dst_offset * size,
                  static_cast<const char*>(src.data()) + src_offset * size, n * size);

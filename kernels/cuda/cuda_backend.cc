@@ -28,6 +28,7 @@
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/silu_mul.h"
 #include "kernels/cuda/split_qkv.h"
+#include "shared/buffer_range.h"
 #include "shared/weight_row_blocks.h"
 
 namespace pdserve {
@@ -259,7 +260,8 @@ class CudaBackend final : public Backend {
 
   absl::Status CopyToDevice(const void* src, DType src_dtype, size_t n, DeviceBuffer& dst,
                             size_t dst_offset) override {
-    if (absl::Status range = CheckRange(dst, dst_offset, n, "CopyToDevice dst"); !range.ok()) {
+    if (absl::Status range = CheckBufferRange(dst, dst_offset, n, "CopyToDevice dst");
+        !range.ok()) {
       return range;
     }
     if (n == 0) return absl::OkStatus();
@@ -269,7 +271,7 @@ class CudaBackend final : public Backend {
 
   absl::Status CopyToHost(const DeviceBuffer& src, size_t src_offset, size_t n, void* dst,
                           DType dst_dtype) override {
-    if (absl::Status range = CheckRange(src, src_offset, n, "CopyToHost src"); !range.ok()) {
+    if (absl::Status range = CheckBufferRange(src, src_offset, n, "CopyToHost src"); !range.ok()) {
       return range;
     }
     if (n == 0) return absl::OkStatus();
@@ -572,8 +574,8 @@ class CudaBackend final : public Backend {
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                     size_t dst_offset, size_t n) override {
     PDSERVE_CUDA_CHECK(src.dtype() == dst.dtype(), "CopyElements dtypes differ");
-    PDSERVE_CUDA_CHECK(CheckRange(src, src_offset, n, "src").ok(), "CopyElements src range");
-    PDSERVE_CUDA_CHECK(CheckRange(dst, dst_offset, n, "dst").ok(), "CopyElements dst range");
+    PDSERVE_CUDA_CHECK(CheckBufferRange(src, src_offset, n, "src").ok(), "CopyElements src range");
+    PDSERVE_CUDA_CHECK(CheckBufferRange(dst, dst_offset, n, "dst").ok(), "CopyElements dst range");
     if (n == 0) return;
     const size_t size = DTypeSize(src.dtype());
     Record(cudaMemcpyAsync(static_cast<char*>(dst.data()) + dst_offset * size,
@@ -630,16 +632,6 @@ class CudaBackend final : public Backend {
     convert.dst_type = ToElementType(dst_dtype);
     convert.n = n;
     return gpu::InvokeConvert(convert, stream_);
-  }
-
-  static absl::Status CheckRange(const DeviceBuffer& buffer, size_t offset, size_t n,
-                                 const char* what) {
-    if (offset > buffer.num_elements() || n > buffer.num_elements() - offset) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": elements [", offset, ", ", offset + n,
-                                                     ") exceed the buffer's ",
-                                                     buffer.num_elements()));
-    }
-    return absl::OkStatus();
   }
 
   static void CheckFloat(const DeviceBuffer& buffer, size_t min_elements, const char* what) {
