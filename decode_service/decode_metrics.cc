@@ -42,18 +42,27 @@ DecodeMetrics::DecodeMetrics(MetricsRegistry* registry)
       prefill_retries_(registry->AddCounter(
           "pdserve_decode_prefill_retries_total",
           "Prefill attempts that failed with UNAVAILABLE and were retried on another instance")),
+      decode_steps_(registry->AddCounter("pdserve_decode_steps_total",
+                                         "Decode steps (one forward pass over the running batch)")),
+      decode_step_samples_(registry->AddCounter(
+          "pdserve_decode_step_samples_total",
+          "Samples stepped, summed over decode steps (divided by steps: the mean batch size)")),
+      decode_step_ms_(registry->AddHistogram(
+          "pdserve_decode_step_ms",
+          "One decode step's forward pass and sampling, ms (without streaming the tokens)",
+          TokenGapBucketsMs())),
       ttft_ms_(registry->AddHistogram("pdserve_decode_ttft_ms",
                                       "Time to first token: call arrival to the first token, ms",
                                       LatencyBucketsMs())),
-      inter_token_ms_(registry->AddHistogram(
-          "pdserve_decode_inter_token_latency_ms",
-          "Gap between consecutive tokens of one request, ms", TokenGapBucketsMs())),
+      inter_token_ms_(registry->AddHistogram("pdserve_decode_inter_token_latency_ms",
+                                             "Gap between consecutive tokens of one request, ms",
+                                             TokenGapBucketsMs())),
       request_latency_ms_(registry->AddHistogram(
           "pdserve_decode_request_latency_ms",
           "Call arrival to the last token of requests that finished normally, ms",
           LatencyBucketsMs())),
-      running_(registry->AddGauge("pdserve_decode_requests_running",
-                                  "Sequences in the running batch")),
+      running_(
+          registry->AddGauge("pdserve_decode_requests_running", "Sequences in the running batch")),
       waiting_(registry->AddGauge("pdserve_decode_requests_waiting",
                                   "Requests queued for KV blocks (admission control)")),
       prefilling_(registry->AddGauge(
@@ -104,6 +113,12 @@ void DecodeMetrics::OnNextToken(absl::Duration gap) {
 }
 
 void DecodeMetrics::OnSampleFirstToken() { generated_tokens_.Increment(); }
+
+void DecodeMetrics::OnDecodeStep(int batch_size, absl::Duration step) {
+  decode_steps_.Increment();
+  decode_step_samples_.Increment(static_cast<double>(batch_size));
+  decode_step_ms_.Observe(absl::ToDoubleMilliseconds(step));
+}
 
 void DecodeMetrics::OnKvBytesReceived(int64_t bytes) {
   kv_bytes_received_.Increment(static_cast<double>(bytes));

@@ -50,6 +50,9 @@ class DecodeMetrics {
   void OnKvBytesReceived(int64_t bytes);
   // A prefill attempt that failed with UNAVAILABLE and is retried.
   void OnPrefillRetry();
+  // One decode step over `batch_size` samples took `step` (EngineOptions::
+  // on_step): forward pass and sampling, without streaming.
+  void OnDecodeStep(int batch_size, absl::Duration step);
 
  private:
   MetricsRegistry* const registry_;
@@ -58,6 +61,9 @@ class DecodeMetrics {
   Counter generated_tokens_;
   Counter kv_bytes_received_;
   Counter prefill_retries_;
+  Counter decode_steps_;
+  Counter decode_step_samples_;
+  Histogram decode_step_ms_;
   Histogram ttft_ms_;
   Histogram inter_token_ms_;
   Histogram request_latency_ms_;

@@ -49,8 +49,7 @@ struct Engine::Sequence {
 };
 
 struct Engine::Sample {
-  Sample(Sequence* owner_in, int index_in, const SamplingParams& params,
-         const Tokenizer* tokenizer)
+  Sample(Sequence* owner_in, int index_in, const SamplingParams& params, const Tokenizer* tokenizer)
       : owner(owner_in), index(index_in), sampler(params), stop_matcher(owner->request.stop) {
     if (tokenizer != nullptr) detokenizer.emplace(tokenizer, owner->request.prompt);
   }
@@ -104,9 +103,9 @@ absl::StatusOr<Engine::RequestId> Engine::Submit(GenerationRequest request,
   }
   if (request.num_samples < 1 || request.num_samples > options_.max_batch_size) {
     // All samples of a request step together, so they must fit one batch.
-    return absl::InvalidArgumentError(
-        absl::StrCat("output.n: ", request.num_samples, " samples outside [1, ",
-                     options_.max_batch_size, "] (--max_batch_size)"));
+    return absl::InvalidArgumentError(absl::StrCat("output.n: ", request.num_samples,
+                                                   " samples outside [1, ", options_.max_batch_size,
+                                                   "] (--max_batch_size)"));
   }
   if (!request.stop.empty() && options_.tokenizer == nullptr) {
     return absl::InvalidArgumentError(
@@ -116,10 +115,10 @@ absl::StatusOr<Engine::RequestId> Engine::Submit(GenerationRequest request,
   const int needed_blocks =
       BlocksFor(static_cast<int>(request.prompt.size()) + 1, cache_->block_size());
   if (needed_blocks > cache_->num_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "prompt: ", request.prompt.size(), " tokens need ", needed_blocks, " KV blocks of ",
-        cache_->block_size(), " tokens, but the whole pool has ", cache_->num_blocks(),
-        " (--kv_cache_blocks)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("prompt: ", request.prompt.size(), " tokens need ", needed_blocks,
+                     " KV blocks of ", cache_->block_size(), " tokens, but the whole pool has ",
+                     cache_->num_blocks(), " (--kv_cache_blocks)"));
   }
   Sequence* admitted = nullptr;
   RequestId id = 0;
@@ -276,9 +275,9 @@ void Engine::Iterate() {
     }
     for (Sample* sample : running_) {
       Sequence* seq = sample->owner;
-      if (seq->cancelled &&
-          std::find_if(ending.begin(), ending.end(),
-                       [seq](const auto& entry) { return entry.first == seq; }) == ending.end()) {
+      if (seq->cancelled && std::find_if(ending.begin(), ending.end(), [seq](const auto& entry) {
+                              return entry.first == seq;
+                            }) == ending.end()) {
         ending.emplace_back(seq, absl::CancelledError("Generate: cancelled by the client"));
       }
     }
@@ -297,9 +296,9 @@ void Engine::JoinReady(const std::vector<Sequence*>& joiners) {
     // prefill_result any more.
     PrefillResult& result = seq->prefill_result->value();
     if (static_cast<int>(result.final_hidden.size()) != hidden_size) {
-      Retire(seq, absl::InternalError(absl::StrCat("prefill final hidden state: ",
-                                                   result.final_hidden.size(),
-                                                   " values, expected hidden_size ", hidden_size)));
+      Retire(seq, absl::InternalError(
+                      absl::StrCat("prefill final hidden state: ", result.final_hidden.size(),
+                                   " values, expected hidden_size ", hidden_size)));
       continue;
     }
     if (seq->request.prompt_logprobs >= 0) {
@@ -357,9 +356,9 @@ absl::StatusOr<std::vector<PromptTokenLogprob>> Engine::PromptLogprobs(
   const int hidden_size = transformer_->config().hidden_size;
   const int n = static_cast<int>(request.prompt.size());
   if (all_hidden.size() != static_cast<size_t>(n) * hidden_size) {
-    return absl::InternalError(absl::StrCat("prefill hidden states of every position: ",
-                                            all_hidden.size(), " values, expected ", n, " x ",
-                                            hidden_size));
+    return absl::InternalError(
+        absl::StrCat("prefill hidden states of every position: ", all_hidden.size(),
+                     " values, expected ", n, " x ", hidden_size));
   }
   // Position p's logits give the token at p + 1. lm_head over a few rows at
   // a time, so a long prompt never needs [n, vocab] logits at once.
@@ -371,10 +370,10 @@ absl::StatusOr<std::vector<PromptTokenLogprob>> Engine::PromptLogprobs(
     absl::StatusOr<std::vector<float>> logits;
     {
       std::lock_guard<std::mutex> lock(backend_mu_);
-      logits = transformer_->ComputeLogits(
-          all_hidden.subspan(static_cast<size_t>(first) * hidden_size,
-                             static_cast<size_t>(rows) * hidden_size),
-          rows);
+      logits =
+          transformer_->ComputeLogits(all_hidden.subspan(static_cast<size_t>(first) * hidden_size,
+                                                         static_cast<size_t>(rows) * hidden_size),
+                                      rows);
     }
     if (!logits.ok()) return logits.status();
     const size_t vocab = logits->size() / rows;
@@ -415,6 +414,7 @@ absl::Status Engine::StartSamples(Sequence* seq) {
 
 void Engine::StepRunning() {
   if (running_.empty()) return;
+  const absl::Time step_start = absl::Now();
   DecodeBatch batch;
   for (Sample* sample : running_) {
     // The newest token is fed at the next free position; SampleAndAdvance
@@ -443,6 +443,8 @@ void Engine::StepRunning() {
     // of it in `stepped` has been handled: no pointer here dangles.
     SampleAndAdvance(stepped[i], std::span<const float>(logits->data() + i * vocab, vocab));
   }
+  if (options_.on_step)
+    options_.on_step(static_cast<int>(stepped.size()), absl::Now() - step_start);
 }
 
 void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits) {
@@ -592,7 +594,8 @@ void Engine::Shutdown() {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     for (auto& [id, seq] : sequences_) {
-      if (seq->state == State::kPrefilling && seq->prefill != nullptr) calls.push_back(seq->prefill);
+      if (seq->state == State::kPrefilling && seq->prefill != nullptr)
+        calls.push_back(seq->prefill);
     }
     cv_.notify_all();
   }

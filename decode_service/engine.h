@@ -30,6 +30,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -48,14 +49,20 @@
 namespace pdserve {
 
 struct EngineOptions {
-  int max_batch_size = 64;  // sequences in one DecodeStep
-  int max_queue = 256;      // requests waiting for KV blocks
+  int max_batch_size = 64;                             // sequences in one DecodeStep
+  int max_queue = 256;                                 // requests waiting for KV blocks
   absl::Duration prefill_timeout = absl::Seconds(60);  // per prefill call
-  std::vector<int32_t> eos_token_ids;  // generation_config.json, all of them
-  int context_limit = 0;               // max_position_embeddings, tokens
+  std::vector<int32_t> eos_token_ids;                  // generation_config.json, all of them
+  int context_limit = 0;                               // max_position_embeddings, tokens
   // Renders each token's text (TokenEvent::text) and finds stop strings.
   // Null: events carry no text, and requests with stop strings are refused.
   const Tokenizer* tokenizer = nullptr;
+  // Called on the engine thread after every decode step with the samples in
+  // it and the step's duration: the forward pass (DecodeStep, lm_head
+  // included) and sampling every sample, not the streaming of the tokens.
+  // For metrics: the gap between the callers' inter-token latency and this
+  // is the serving overhead (gRPC, scheduling). Must be quick; may be empty.
+  std::function<void(int batch_size, absl::Duration step)> on_step;
 };
 
 // Counts for tests and (later) metrics.
@@ -126,8 +133,8 @@ class Engine {
   // The prompt's token logprobs from every position's final hidden state
   // (PrefillResult::all_hidden, [prompt, hidden_size]); INTERNAL for a
   // wrong size, or the backend's error.
-  absl::StatusOr<std::vector<PromptTokenLogprob>> PromptLogprobs(
-      const GenerationRequest& request, std::span<const float> all_hidden);
+  absl::StatusOr<std::vector<PromptTokenLogprob>> PromptLogprobs(const GenerationRequest& request,
+                                                                 std::span<const float> all_hidden);
   // Creates the samples of `seq`, which must hold its prompt lease.
   absl::Status StartSamples(Sequence* seq);
   void StepRunning();
@@ -153,12 +160,12 @@ class Engine {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool stopping_ = false;                                       // guarded by mu_
-  RequestId next_id_ = 1;                                       // guarded by mu_
+  bool stopping_ = false;                                               // guarded by mu_
+  RequestId next_id_ = 1;                                               // guarded by mu_
   std::unordered_map<RequestId, std::unique_ptr<Sequence>> sequences_;  // guarded by mu_
-  std::deque<Sequence*> waiting_;                               // guarded by mu_
-  std::deque<Sequence*> ready_;                                 // guarded by mu_
-  int num_prefilling_ = 0;                                      // guarded by mu_
+  std::deque<Sequence*> waiting_;                                       // guarded by mu_
+  std::deque<Sequence*> ready_;                                         // guarded by mu_
+  int num_prefilling_ = 0;                                              // guarded by mu_
   std::atomic<int> num_running_{0};  // running_.size(), readable from any thread
 
   std::vector<Sample*> running_;  // engine thread only

@@ -1,14 +1,14 @@
 // pdserve-decode: the public Generate and Inspect services. Loads the model, checks every
 // prefill instance serves the same one, and serves until SIGINT/SIGTERM.
-#include <cstdio>
-#include <cstdlib>
-#include <memory>
-#include <string>
-
 #include <glog/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -82,16 +82,17 @@ absl::Status ValidateFlags() {
   if (absl::GetFlag(FLAGS_prefill_target).empty()) {
     return absl::InvalidArgumentError("--prefill_target is required");
   }
-  for (auto [name, value] : {std::pair<const char*, int64_t>{"block_size", absl::GetFlag(FLAGS_block_size)},
-                             {"max_batch_size", absl::GetFlag(FLAGS_max_batch_size)},
-                             {"max_new_tokens_cap", absl::GetFlag(FLAGS_max_new_tokens_cap)},
-                             {"default_max_new_tokens", absl::GetFlag(FLAGS_default_max_new_tokens)},
-                             {"max_samples", absl::GetFlag(FLAGS_max_samples)},
-                             {"prefill_timeout_ms", absl::GetFlag(FLAGS_prefill_timeout_ms)},
-                             {"prefill_connect_timeout_ms", absl::GetFlag(FLAGS_prefill_connect_timeout_ms)},
-                             {"prefill_max_attempts", absl::GetFlag(FLAGS_prefill_max_attempts)},
-                             {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes)},
-                             {"kv_cache_bytes", absl::GetFlag(FLAGS_kv_cache_bytes)}}) {
+  for (auto [name, value] :
+       {std::pair<const char*, int64_t>{"block_size", absl::GetFlag(FLAGS_block_size)},
+        {"max_batch_size", absl::GetFlag(FLAGS_max_batch_size)},
+        {"max_new_tokens_cap", absl::GetFlag(FLAGS_max_new_tokens_cap)},
+        {"default_max_new_tokens", absl::GetFlag(FLAGS_default_max_new_tokens)},
+        {"max_samples", absl::GetFlag(FLAGS_max_samples)},
+        {"prefill_timeout_ms", absl::GetFlag(FLAGS_prefill_timeout_ms)},
+        {"prefill_connect_timeout_ms", absl::GetFlag(FLAGS_prefill_connect_timeout_ms)},
+        {"prefill_max_attempts", absl::GetFlag(FLAGS_prefill_max_attempts)},
+        {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes)},
+        {"kv_cache_bytes", absl::GetFlag(FLAGS_kv_cache_bytes)}}) {
     absl::Status status = CheckPositive(name, value);
     if (!status.ok()) return status;
   }
@@ -102,14 +103,14 @@ absl::Status ValidateFlags() {
   }
   if (absl::GetFlag(FLAGS_max_samples) > absl::GetFlag(FLAGS_max_batch_size)) {
     // A request's samples step together in one batch.
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_samples: ", absl::GetFlag(FLAGS_max_samples), " exceeds --max_batch_size ",
-        absl::GetFlag(FLAGS_max_batch_size)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_samples: ", absl::GetFlag(FLAGS_max_samples),
+                     " exceeds --max_batch_size ", absl::GetFlag(FLAGS_max_batch_size)));
   }
   if (absl::GetFlag(FLAGS_default_max_new_tokens) > absl::GetFlag(FLAGS_max_new_tokens_cap)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--default_max_new_tokens: ", absl::GetFlag(FLAGS_default_max_new_tokens),
-        " exceeds --max_new_tokens_cap ", absl::GetFlag(FLAGS_max_new_tokens_cap)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--default_max_new_tokens: ", absl::GetFlag(FLAGS_default_max_new_tokens),
+                     " exceeds --max_new_tokens_cap ", absl::GetFlag(FLAGS_max_new_tokens_cap)));
   }
   return absl::OkStatus();
 }
@@ -179,14 +180,15 @@ int Run(const StopSignals& stop_signals) {
     return 1;
   }
   LOG(INFO) << "KV cache: " << kv_options.num_blocks << " blocks of " << kv_options.block_size
-            << " tokens, " << (*cache)->bytes_per_token() * kv_options.block_size *
-                                  static_cast<size_t>(kv_options.num_blocks)
+            << " tokens, "
+            << (*cache)->bytes_per_token() * kv_options.block_size *
+                   static_cast<size_t>(kv_options.num_blocks)
             << " bytes";
 
-  absl::Status prefill_ok = CheckPrefillTargets(
-      *targets, (*model)->fingerprint(),
-      absl::Milliseconds(absl::GetFlag(FLAGS_prefill_connect_timeout_ms)),
-      absl::GetFlag(FLAGS_max_message_bytes));
+  absl::Status prefill_ok =
+      CheckPrefillTargets(*targets, (*model)->fingerprint(),
+                          absl::Milliseconds(absl::GetFlag(FLAGS_prefill_connect_timeout_ms)),
+                          absl::GetFlag(FLAGS_max_message_bytes));
   if (!prefill_ok.ok()) {
     LOG(ERROR) << "refusing to start: " << prefill_ok;
     return 1;
@@ -201,8 +203,7 @@ int Run(const StopSignals& stop_signals) {
   prefill_options.max_chunk_bytes = absl::GetFlag(FLAGS_prefill_max_chunk_bytes);
   prefill_options.max_attempts = absl::GetFlag(FLAGS_prefill_max_attempts);
   prefill_options.metrics = &metrics;
-  PrefillClient prefill(prefill_options,
-                        PrefillExpectation::For(config, (*model)->fingerprint()));
+  PrefillClient prefill(prefill_options, PrefillExpectation::For(config, (*model)->fingerprint()));
 
   EngineOptions engine_options;
   engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
@@ -211,6 +212,9 @@ int Run(const StopSignals& stop_signals) {
   engine_options.eos_token_ids = config.eos_token_ids;
   engine_options.context_limit = config.max_position_embeddings;
   engine_options.tokenizer = &(*model)->tokenizer();
+  engine_options.on_step = [&metrics](int batch_size, absl::Duration step) {
+    metrics.OnDecodeStep(batch_size, step);
+  };
   Engine engine(&(*model)->transformer(), cache->get(), &prefill, engine_options);
 
   RequestLimits limits;

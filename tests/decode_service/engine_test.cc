@@ -4,16 +4,18 @@
 // blocks coming back.
 #include "decode_service/engine.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "decode_service/kv_cache_sizing.h"
 #include "decode_service/serving_model.h"
@@ -26,7 +28,6 @@ namespace pdserve {
 namespace {
 
 using ::testing::HasSubstr;
-
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -51,8 +52,8 @@ class EngineTest : public ::testing::Test {
   void MakeEngine(int num_blocks = 512, int block_size = 16, int max_batch_size = 64,
                   int max_queue = 256, std::vector<int32_t> eos_token_ids = {}) {
     const ModelConfig& config = model_->config();
-    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
-        &model_->backend(), KvCacheOptionsFor(config, num_blocks, block_size));
+    absl::StatusOr<std::unique_ptr<KvCache>> cache =
+        KvCache::Create(&model_->backend(), KvCacheOptionsFor(config, num_blocks, block_size));
     ASSERT_TRUE(cache.ok()) << cache.status();
     cache_ = std::move(cache).value();
     EngineOptions options;
@@ -61,8 +62,9 @@ class EngineTest : public ::testing::Test {
     options.eos_token_ids = eos_token_ids.empty() ? config.eos_token_ids : eos_token_ids;
     options.context_limit = config.max_position_embeddings;
     options.tokenizer = &model_->tokenizer();
-    engine_ = std::make_unique<Engine>(&model_->transformer(), cache_.get(), runner_.get(),
-                                       options);
+    options.on_step = on_step_;
+    engine_ =
+        std::make_unique<Engine>(&model_->transformer(), cache_.get(), runner_.get(), options);
   }
 
   GenerationRequest Request(const std::string& prompt, int max_new_tokens) {
@@ -89,6 +91,7 @@ class EngineTest : public ::testing::Test {
   std::unique_ptr<LocalPrefillRunner> runner_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Engine> engine_;
+  std::function<void(int, absl::Duration)> on_step_;  // EngineOptions::on_step
 };
 
 TEST_F(EngineTest, GreedyContinuationOfOnceUponATimeNamesLily) {
@@ -111,6 +114,43 @@ TEST_F(EngineTest, GreedyContinuationOfOnceUponATimeNamesLily) {
   EXPECT_GE(summary.timings.ttft_ms, 0);
   EXPECT_EQ(observer.terminal_calls(), 1);
   EXPECT_EQ(observer.calls_after_terminal(), 0);
+}
+
+// The first token of a request comes from its prefill's hidden state; each
+// later one from a decode step. So the steps' batch sizes add up to every
+// token but the first of each request, and none exceeds the cap.
+TEST_F(EngineTest, OnStepReportsEveryStepWithItsBatchSize) {
+  std::mutex mu;
+  std::vector<int> batch_sizes;
+  int non_positive_durations = 0;
+  on_step_ = [&](int batch_size, absl::Duration step) {
+    std::lock_guard<std::mutex> lock(mu);
+    batch_sizes.push_back(batch_size);
+    if (step <= absl::ZeroDuration()) ++non_positive_durations;
+  };
+  MakeEngine(/*num_blocks=*/512, /*block_size=*/16, /*max_batch_size=*/2);
+  const int lengths[] = {5, 9, 12};
+  std::vector<std::unique_ptr<RecordingObserver>> observers;
+  for (int length : lengths) {
+    GenerationRequest request = Request("Once upon a time", length);
+    request.ignore_eos = true;
+    observers.push_back(std::make_unique<RecordingObserver>());
+    ASSERT_TRUE(engine_->Submit(request, observers.back().get()).ok());
+  }
+  for (auto& observer : observers) {
+    ASSERT_TRUE(observer->WaitDone());
+    ASSERT_TRUE(observer->status().ok()) << observer->status();
+  }
+  engine_->Shutdown();
+  std::lock_guard<std::mutex> lock(mu);
+  int stepped = 0;
+  for (int batch_size : batch_sizes) {
+    EXPECT_GE(batch_size, 1);
+    EXPECT_LE(batch_size, 2);
+    stepped += batch_size;
+  }
+  EXPECT_EQ(stepped, (5 - 1) + (9 - 1) + (12 - 1));
+  EXPECT_EQ(non_positive_durations, 0);
 }
 
 TEST_F(EngineTest, MaxNewTokensEndsWithLengthAfterExactlyThatMany) {
@@ -162,7 +202,8 @@ TEST_F(EngineTest, AnEosIdEndsTheSequenceUnlessIgnored) {
 TEST_F(EngineTest, ConcurrentSequencesGetTheirSoloGreedyTokens) {
   MakeEngine();
   std::vector<std::vector<int32_t>> alone;
-  for (const std::string& prompt : StoryPrompts()) alone.push_back(GenerateAlone(Request(prompt, 40)));
+  for (const std::string& prompt : StoryPrompts())
+    alone.push_back(GenerateAlone(Request(prompt, 40)));
 
   std::vector<std::unique_ptr<RecordingObserver>> observers;
   for (const std::string& prompt : StoryPrompts()) {
@@ -179,7 +220,8 @@ TEST_F(EngineTest, ConcurrentSequencesGetTheirSoloGreedyTokens) {
 TEST_F(EngineTest, BatchCapBelowTheLoadStillGivesSoloTokens) {
   MakeEngine(/*num_blocks=*/512, /*block_size=*/16, /*max_batch_size=*/3);
   std::vector<std::vector<int32_t>> alone;
-  for (const std::string& prompt : StoryPrompts()) alone.push_back(GenerateAlone(Request(prompt, 24)));
+  for (const std::string& prompt : StoryPrompts())
+    alone.push_back(GenerateAlone(Request(prompt, 24)));
   std::vector<std::unique_ptr<RecordingObserver>> observers;
   for (const std::string& prompt : StoryPrompts()) {
     observers.push_back(std::make_unique<RecordingObserver>());
@@ -243,7 +285,8 @@ TEST_F(EngineTest, CancelWhilePrefillingOrWaitingFreesBlocks) {
   MakeEngine(/*num_blocks=*/1, /*block_size=*/16);
   runner_->set_hold(true);
   RecordingObserver prefilling, waiting;
-  absl::StatusOr<Engine::RequestId> a = engine_->Submit(Request("Once upon a time", 8), &prefilling);
+  absl::StatusOr<Engine::RequestId> a =
+      engine_->Submit(Request("Once upon a time", 8), &prefilling);
   absl::StatusOr<Engine::RequestId> b = engine_->Submit(Request("The little dog", 8), &waiting);
   ASSERT_TRUE(a.ok() && b.ok());
   ASSERT_TRUE(runner_->WaitForHeld(1, absl::Seconds(30)));
