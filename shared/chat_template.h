@@ -115,7 +115,8 @@ absl::StatusOr<std::string> RenderChat(ChatFormat format, std::span<const ChatMe
 
 // The prompt token ids for `messages`: RenderChatSegments, then each text
 // segment through tokenizer.Encode(text, /*add_bos=*/false) (which matches
-// added tokens such as "<|user|>" first) and each BOS/EOS segment as
+// added tokens such as "<|user|>" first, with their rstrip/lstrip flags:
+// Phi-3's "<|user|>\n" is one id) and each BOS/EOS segment as
 // tokenizer.bos_id()/eos_id(). The BOS the Llama-2/Mistral templates start
 // with is therefore already in the result: do not add another. Phi-3's
 // template has no BOS and none is added (apply_chat_template tokenizes with

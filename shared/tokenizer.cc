@@ -1,8 +1,12 @@
 #include "shared/tokenizer.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <map>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -88,6 +92,109 @@ absl::Status ReadTokenizerJson(const std::string& path, std::map<std::string, in
   return absl::OkStatus();
 }
 
+// One flag of an added-token entry: absent or null is false; anything but a
+// boolean is INVALID_ARGUMENT naming the file, the token and the flag.
+absl::StatusOr<bool> StripFlag(const std::string& path, const Json& entry, const char* flag) {
+  auto value = entry.find(flag);
+  if (value == entry.end() || value->is_null()) return false;
+  if (!value->is_boolean()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": added token ", entry.dump(), ": '", flag, "' must be true or false"));
+  }
+  return value->get<bool>();
+}
+
+// Adds the lstrip/rstrip flags of `entries` (objects with "content") to
+// `flags`, keeping those already there: tokenizer.json is read first, and
+// Hugging Face's fast tokenizer takes its flags over tokenizer_config.json's.
+absl::Status AddStripFlags(const std::string& path, const std::vector<const Json*>& entries,
+                           std::map<std::string, std::pair<bool, bool>>& flags) {
+  for (const Json* entry : entries) {
+    if (!entry->is_object() || !entry->contains("content") || !(*entry)["content"].is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": an added token needs a string 'content', got ", entry->dump()));
+    }
+    PDSERVE_ASSIGN_OR_RETURN(const bool lstrip, StripFlag(path, *entry, "lstrip"));
+    PDSERVE_ASSIGN_OR_RETURN(const bool rstrip, StripFlag(path, *entry, "rstrip"));
+    flags.emplace((*entry)["content"].get<std::string>(), std::make_pair(lstrip, rstrip));
+  }
+  return absl::OkStatus();
+}
+
+// Every added token's (lstrip, rstrip), by text, from tokenizer.json's
+// "added_tokens" list and then tokenizer_config.json's "added_tokens_decoder"
+// object ({"32010": {"content": "<|user|>", "rstrip": true, ...}}); files
+// that are absent add nothing.
+absl::StatusOr<std::map<std::string, std::pair<bool, bool>>> ReadStripFlags(
+    const std::string& model_dir) {
+  std::map<std::string, std::pair<bool, bool>> flags;
+  const std::string tokenizer_json_path = JoinPath(model_dir, "tokenizer.json");
+  if (RegularFileExists(tokenizer_json_path)) {
+    PDSERVE_ASSIGN_OR_RETURN(Json json, ParseJsonFile(tokenizer_json_path));
+    auto list = json.is_object() ? json.find("added_tokens") : json.end();
+    if (list != json.end() && list->is_array()) {
+      std::vector<const Json*> entries;
+      for (const Json& entry : *list) entries.push_back(&entry);
+      PDSERVE_RETURN_IF_ERROR(AddStripFlags(tokenizer_json_path, entries, flags));
+    }
+  }
+  const std::string config_path = JoinPath(model_dir, "tokenizer_config.json");
+  if (RegularFileExists(config_path)) {
+    PDSERVE_ASSIGN_OR_RETURN(Json json, ParseJsonFile(config_path));
+    auto decoder = json.is_object() ? json.find("added_tokens_decoder") : json.end();
+    if (decoder != json.end() && !decoder->is_null()) {
+      if (!decoder->is_object()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(config_path, ": 'added_tokens_decoder' must be an object of id -> token"));
+      }
+      std::vector<const Json*> entries;
+      for (const Json& entry : *decoder) entries.push_back(&entry);
+      PDSERVE_RETURN_IF_ERROR(AddStripFlags(config_path, entries, flags));
+    }
+  }
+  return flags;
+}
+
+// Bytes of the character at `pos` when it has Unicode's White_Space property
+// (PropList.txt: what Rust's char::is_whitespace, and so Hugging Face
+// tokenizers' lstrip/rstrip, test); 0 otherwise, and for invalid UTF-8.
+size_t WhiteSpaceBytesAt(std::string_view text, size_t pos) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const unsigned char lead = byte(pos);
+  if (lead < 0x80) return (lead >= 0x09 && lead <= 0x0D) || lead == 0x20 ? 1 : 0;
+  size_t length = 0;
+  uint32_t code_point = 0;
+  if ((lead & 0xE0) == 0xC0) {
+    length = 2, code_point = lead & 0x1F;
+  } else if ((lead & 0xF0) == 0xE0) {
+    length = 3, code_point = lead & 0x0F;
+  } else {
+    return 0;  // no White_Space character needs four bytes
+  }
+  if (pos + length > text.size()) return 0;
+  for (size_t k = 1; k < length; ++k) {
+    if ((byte(pos + k) & 0xC0) != 0x80) return 0;
+    code_point = (code_point << 6) | (byte(pos + k) & 0x3F);
+  }
+  const bool white_space = code_point == 0x85 || code_point == 0xA0 || code_point == 0x1680 ||
+                           (code_point >= 0x2000 && code_point <= 0x200A) || code_point == 0x2028 ||
+                           code_point == 0x2029 || code_point == 0x202F || code_point == 0x205F ||
+                           code_point == 0x3000;
+  return white_space ? length : 0;
+}
+
+// Where the run of White_Space characters that ends at `end` starts, not
+// before `floor`.
+size_t WhiteSpaceRunStart(std::string_view text, size_t floor, size_t end) {
+  while (end > floor) {
+    size_t start = end - 1;
+    while (start > floor && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+    if (WhiteSpaceBytesAt(text, start) != end - start) break;
+    end = start;
+  }
+  return end;
+}
+
 bool EndsWithReplacementCharacter(const std::string& text) {
   return text.size() >= kReplacementCharacter.size() &&
          text.compare(text.size() - kReplacementCharacter.size(), kReplacementCharacter.size(),
@@ -130,6 +237,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     PDSERVE_RETURN_IF_ERROR(
         ReadTokenizerJson(tokenizer_json_path, tokenizer->added_by_text_, tokenizer->added_by_id_));
   }
+  PDSERVE_ASSIGN_OR_RETURN(auto flags, ReadStripFlags(model_dir));
+  for (const auto& [text, strip] : flags) {
+    if (tokenizer->added_by_text_.count(text) == 0 || !(strip.first || strip.second)) continue;
+    tokenizer->strip_by_text_[text] = Strip{.lstrip = strip.first, .rstrip = strip.second};
+  }
   return tokenizer;
 }
 
@@ -164,9 +276,20 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
       ++pos;
       continue;
     }
-    encode_segment(text.substr(segment_start, pos - segment_start));
+    // Hugging Face's AddedToken lstrip/rstrip: the token's match grows over
+    // the whitespace beside it, which then belongs to no segment.
+    const auto strip = strip_by_text_.find(std::string(text.substr(pos, best_length)));
+    const bool lstrip = strip != strip_by_text_.end() && strip->second.lstrip;
+    const bool rstrip = strip != strip_by_text_.end() && strip->second.rstrip;
+    const size_t segment_end = lstrip ? WhiteSpaceRunStart(text, segment_start, pos) : pos;
+    encode_segment(text.substr(segment_start, segment_end - segment_start));
     ids.push_back(best_id);
     pos += best_length;
+    while (rstrip && pos < text.size()) {
+      const size_t white_space = WhiteSpaceBytesAt(text, pos);
+      if (white_space == 0) break;
+      pos += white_space;
+    }
     segment_start = pos;
   }
   encode_segment(text.substr(segment_start));
@@ -177,7 +300,7 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
   // Runs of SentencePiece ids are decoded together (so byte-fallback pieces
   // join into characters); an added token ends a run. Each run drops its
   // leading dummy-prefix space, mirroring Encode's per-segment encoding, so
-  // Decode(Encode(text)) == text.
+  // Decode(Encode(text)) == text but for whitespace lstrip/rstrip tokens took.
   std::string text;
   std::vector<int> run;
   const int piece_size = sp_->PieceSize();

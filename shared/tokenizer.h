@@ -20,21 +20,31 @@ class Tokenizer {
  public:
   // Loads `model_dir`/tokenizer.model and the added tokens from
   // added_tokens.json ({"<|user|>": 32010, ...}) or, failing that, the
-  // "added_tokens" list of tokenizer.json. Errors: NOT_FOUND for a missing
-  // tokenizer.model; INVALID_ARGUMENT for a file sentencepiece rejects or bad
-  // JSON (naming the file).
+  // "added_tokens" list of tokenizer.json. Each added token's "lstrip" and
+  // "rstrip" flags come from tokenizer.json's "added_tokens" or, for a token
+  // it does not list, tokenizer_config.json's "added_tokens_decoder" (the
+  // order Hugging Face's fast tokenizer gives them); absent, both are false.
+  // Errors: NOT_FOUND for a missing tokenizer.model; INVALID_ARGUMENT for a
+  // file sentencepiece rejects, bad JSON or a flag that is not a boolean
+  // (naming the file).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
   ~Tokenizer();
 
-  // Splits `text` on the added special tokens (exact match, longest first),
-  // encodes the pieces between them with SentencePiece, and prepends BOS when
-  // `add_bos`. Matches Hugging Face's LlamaTokenizer (legacy) on the cases in
-  // tests/data/tokenizers/llama2/cases.json.
+  // Splits `text` on the added special tokens (exact match, leftmost then
+  // longest), encodes the pieces between them with SentencePiece, and
+  // prepends BOS when `add_bos`. A token with rstrip (lstrip) takes the
+  // whitespace after (before) it along, whitespace being Unicode's
+  // White_Space property as in Hugging Face's tokenizers: Phi-3's
+  // "<|user|>\nHi" is <|user|> ▁Hi. Matches Hugging Face's LlamaTokenizer
+  // (legacy) on the cases in tests/data/tokenizers/llama2/cases.json and
+  // Phi-3-mini's tokenizer on tests/data/golden/phi3_chat_ids.json.
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
 
   // Concatenated text of `ids` as SentencePiece decodes it (byte-fallback
   // pieces joined into UTF-8, the leading space of the first piece dropped);
   // special tokens render as their text; BOS/EOS render as nothing.
+  // Decode(Encode(text)) is `text` less the whitespace that lstrip/rstrip
+  // tokens took.
   std::string Decode(std::span<const int32_t> ids) const;
 
   // The piece for `id` ("▁Paris", "<0x0A>", "<|user|>"); "" out of range.
@@ -48,9 +58,16 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
+  // Hugging Face AddedToken flags: take the whitespace before/after along.
+  struct Strip {
+    bool lstrip = false;
+    bool rstrip = false;
+  };
+
   std::unique_ptr<SentencePieceModel> sp_;
   std::map<std::string, int32_t> added_by_text_;
   std::map<int32_t, std::string> added_by_id_;
+  std::map<std::string, Strip> strip_by_text_;  // tokens with a flag set only
 };
 
 // Streams text for a growing list of ids, emitting only complete UTF-8 and

@@ -44,6 +44,17 @@ absl::Status WritePhi3ChatCheckpoint(const std::string& dir) {
   nlohmann::json config = nlohmann::json::parse(config_in, nullptr, /*allow_exceptions=*/false);
   if (!config.is_object()) return absl::InternalError("bad tokenizer_config.json in " + dir);
   config["chat_template"] = chat_template;
+  // Phi-3-mini's own added-token flags (rstrip on its role and end tokens),
+  // which decide its chat ids.
+  const std::string phi3_config_path =
+      TestDataDir() + "/tokenizers/phi3_mini_4k_instruct/tokenizer_config.json";
+  std::ifstream phi3_config_file(phi3_config_path);
+  const nlohmann::json phi3_config =
+      nlohmann::json::parse(phi3_config_file, nullptr, /*allow_exceptions=*/false);
+  if (!phi3_config.is_object() || !phi3_config.contains("added_tokens_decoder")) {
+    return absl::NotFoundError("cannot read added_tokens_decoder from " + phi3_config_path);
+  }
+  config["added_tokens_decoder"] = phi3_config["added_tokens_decoder"];
   std::ofstream(dir + "/tokenizer_config.json") << config.dump(1);
   std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 32000})";
   return absl::OkStatus();

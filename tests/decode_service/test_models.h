@@ -23,7 +23,8 @@ RandomCheckpointOptions SmallLlamaCheckpoint();
 const std::vector<std::string>& StoryPrompts();
 
 // Phi3Tiny() written to `dir` with Phi-3-mini's real chat template
-// (tests/data/chat_templates/phi3_mini_4k_instruct.jinja) in
+// (tests/data/chat_templates/phi3_mini_4k_instruct.jinja) and added-token
+// flags (tests/data/tokenizers/phi3_mini_4k_instruct) in
 // tokenizer_config.json, and a generation_config.json that lists only
 // <|endoftext|> (32000) as EOS: chat requests must still end on <|end|>.
 absl::Status WritePhi3ChatCheckpoint(const std::string& dir);

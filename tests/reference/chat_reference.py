@@ -7,6 +7,11 @@ the models' tokenizer_config.json) using Jinja2 configured the way
 transformers' apply_chat_template configures it, and tokenizes the result with
 SentencePiece (tests/data/tokenizers/llama2/tokenizer.model) plus the special
 tokens each model's Hugging Face tokenizer matches before SentencePiece runs.
+A special token marked "rstrip" ("lstrip") in the model's tokenizer files
+takes the whitespace after (before) it along, as Hugging Face's tokenizers do:
+Phi-3-mini's role and end tokens are, so the template's "\n" after them is
+no token (tests/data/tokenizers/phi3_mini_4k_instruct/README.md). The flags
+are read from that directory's tokenizer_config.json (added_tokens_decoder).
 
 Nothing here shares code with the C++ implementation: the rendering is Jinja2
 executing the published template text, the token ids come from the Python
@@ -37,6 +42,9 @@ TEMPLATES = os.path.join(ROOT, "tests", "data", "chat_templates")
 TOKENIZER_MODEL = os.path.join(ROOT, "tests", "data", "tokenizers", "llama2", "tokenizer.model")
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden")
 
+PHI3_TOKENIZER_CONFIG = os.path.join(ROOT, "tests", "data", "tokenizers", "phi3_mini_4k_instruct",
+                                     "tokenizer_config.json")
+
 # Phi-3-mini's added_tokens.json (see tests/data/tokenizers/llama2/README.md).
 PHI3_ADDED_TOKENS = {
     "<|endoftext|>": 32000,
@@ -53,15 +61,36 @@ PHI3_ADDED_TOKENS = {
 }
 
 # Llama 2 and Mistral: the Hugging Face tokenizer treats its BOS/EOS text as
-# special tokens, so "<s>" in the rendered text becomes id 1 and "</s>" id 2.
-SP_SPECIAL_TOKENS = {"<s>": 1, "</s>": 2}
+# special tokens, so "<s>" in the rendered text becomes id 1 and "</s>" id 2;
+# neither strips whitespace. As {text: (id, lstrip, rstrip)}.
+SP_SPECIAL_TOKENS = {"<s>": (1, False, False), "</s>": (2, False, False)}
 
-FORMATS = {
-    # name: (template file, bos_token, eos_token, special tokens matched in text)
-    "phi3": ("phi3_mini_4k_instruct.jinja", "<s>", "<|endoftext|>", PHI3_ADDED_TOKENS),
-    "llama2_chat": ("llama2_7b_chat_hf.jinja", "<s>", "</s>", SP_SPECIAL_TOKENS),
-    "mistral_instruct": ("mistral_7b_instruct_v02.jinja", "<s>", "</s>", SP_SPECIAL_TOKENS),
-}
+# Unicode's White_Space property (PropList.txt): what Rust's
+# char::is_whitespace, and so the tokenizers library's lstrip/rstrip, tests.
+# Not Python's str.isspace(), which also counts U+001C..U+001F.
+UNICODE_WHITE_SPACE = frozenset(
+    [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680] + list(range(0x2000, 0x200B)) +
+    [0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
+
+
+def is_white_space(character):
+    return ord(character) in UNICODE_WHITE_SPACE
+
+
+def phi3_special_tokens():
+    """Every token of Phi-3-mini's added_tokens_decoder with its strip flags.
+
+    Hugging Face matches all of them in text (also <s>, </s>, <unk>); the
+    ids must agree with added_tokens.json's."""
+    with open(PHI3_TOKENIZER_CONFIG, encoding="utf-8") as f:
+        decoder = json.load(f)["added_tokens_decoder"]
+    specials = {}
+    for token_id, entry in decoder.items():
+        specials[entry["content"]] = (int(token_id), bool(entry.get("lstrip", False)),
+                                      bool(entry.get("rstrip", False)))
+    for text, token_id in PHI3_ADDED_TOKENS.items():
+        assert specials[text][0] == token_id, (text, specials[text], token_id)
+    return specials
 
 
 def m(role, content):
@@ -124,7 +153,10 @@ def render(template_text, messages, bos, eos, add_generation_prompt):
 
 
 def split_on_special(text, specials):
-    """Leftmost-longest split of `text` into (is_special, piece) parts."""
+    """Leftmost-longest split of `text` into (is_special, piece) parts.
+
+    A special token with rstrip swallows the whitespace after it, one with
+    lstrip the whitespace before it (never past the previous special token)."""
     by_length = sorted(specials, key=len, reverse=True)
     parts = []
     plain_start = 0
@@ -134,10 +166,18 @@ def split_on_special(text, specials):
         if hit is None:
             i += 1
             continue
-        if plain_start < i:
-            parts.append((False, text[plain_start:i]))
+        _, lstrip, rstrip = specials[hit]
+        plain_end = i
+        if lstrip:
+            while plain_end > plain_start and is_white_space(text[plain_end - 1]):
+                plain_end -= 1
+        if plain_start < plain_end:
+            parts.append((False, text[plain_start:plain_end]))
         parts.append((True, hit))
         i += len(hit)
+        if rstrip:
+            while i < len(text) and is_white_space(text[i]):
+                i += 1
         plain_start = i
     if plain_start < len(text):
         parts.append((False, text[plain_start:]))
@@ -147,21 +187,30 @@ def split_on_special(text, specials):
 def tokenize(sp, text, specials):
     ids = []
     for is_special, piece in split_on_special(text, specials):
-        ids.extend([specials[piece]] if is_special else sp.encode(piece))
+        ids.extend([specials[piece][0]] if is_special else sp.encode(piece))
     return ids
 
 
 def main():
     sp = sentencepiece.SentencePieceProcessor(model_file=TOKENIZER_MODEL)
+    formats = {
+        # name: (template file, bos_token, eos_token, special tokens matched in text)
+        "phi3": ("phi3_mini_4k_instruct.jinja", "<s>", "<|endoftext|>", phi3_special_tokens()),
+        "llama2_chat": ("llama2_7b_chat_hf.jinja", "<s>", "</s>", SP_SPECIAL_TOKENS),
+        "mistral_instruct": ("mistral_7b_instruct_v02.jinja", "<s>", "</s>", SP_SPECIAL_TOKENS),
+    }
     renders = {"generator": "tests/reference/chat_reference.py", "formats": {}}
     phi3 = {
         "generator": "tests/reference/chat_reference.py",
         "tokenizer": "tests/data/tokenizers/llama2/tokenizer.model + Phi-3-mini added_tokens.json",
         "added_tokens": PHI3_ADDED_TOKENS,
+        "added_token_flags": "tests/data/tokenizers/phi3_mini_4k_instruct/tokenizer_config.json "
+                             "(added_tokens_decoder: rstrip on <|assistant|>, <|end|>, <|system|>, "
+                             "<|user|>, the placeholders and </s>)",
         "chat_template": "tests/data/chat_templates/phi3_mini_4k_instruct.jinja",
         "cases": [],
     }
-    for name, (template_file, bos, eos, specials) in FORMATS.items():
+    for name, (template_file, bos, eos, specials) in formats.items():
         with open(os.path.join(TEMPLATES, template_file), encoding="utf-8") as f:
             template_text = f.read()
         cases = []

@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -149,7 +151,10 @@ class TokenizerDir {
   explicit TokenizerDir(const std::string& extra_name = "",
                         const std::string& extra_contents = "") {
     std::filesystem::copy_file(Llama2TokenizerModelPath(), dir_.File("tokenizer.model"));
-    if (!extra_name.empty()) std::ofstream(dir_.File(extra_name)) << extra_contents;
+    if (!extra_name.empty()) Add(extra_name, extra_contents);
+  }
+  void Add(const std::string& name, const std::string& contents) {
+    std::ofstream(dir_.File(name)) << contents;
   }
   const std::string& path() const { return dir_.path(); }
 
@@ -205,6 +210,83 @@ TEST(TokenizerTest, Phi3AddedTokens) {
   }
 }
 
+// Phi-3-mini-4k-instruct's own tokenizer_config.json: rstrip on its role,
+// end and placeholder tokens (tests/data/tokenizers/phi3_mini_4k_instruct).
+std::string Phi3TokenizerConfig() {
+  std::ifstream file(TestDataDir() + "/tokenizers/phi3_mini_4k_instruct/tokenizer_config.json");
+  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+}
+
+std::vector<int32_t> Concat(std::initializer_list<std::vector<int32_t>> parts) {
+  std::vector<int32_t> ids;
+  for (const std::vector<int32_t>& part : parts) ids.insert(ids.end(), part.begin(), part.end());
+  return ids;
+}
+
+TEST(TokenizerTest, Phi3RstripTokensTakeTheWhitespaceAfterThem) {
+  TokenizerDir dir("added_tokens.json", kPhi3AddedTokens);
+  const std::string config = Phi3TokenizerConfig();
+  ASSERT_FALSE(config.empty());
+  dir.Add("tokenizer_config.json", config);
+  std::unique_ptr<Tokenizer> phi3 = LoadOrDie(dir.path());
+  ASSERT_NE(phi3, nullptr);
+  std::unique_ptr<Tokenizer> llama2 = LoadOrDie(Llama2Dir());
+  ASSERT_NE(llama2, nullptr);
+
+  // Hugging Face's ids for microsoft/Phi-3-mini-4k-instruct, as Microsoft's
+  // onnxruntime-extensions test (Phi3MiniChatTemplate) records them.
+  EXPECT_THAT(phi3->Encode("<|system|>\nSystem message<|end|>\n<|user|>\nHello, can you call some "
+                           "tools for me?<|end|>\n<|assistant|>\nSure, I can calculate the sum for "
+                           "you!<|end|>\n<|assistant|>\n",
+                           false),
+              ElementsAre(32006, 2184, 2643, 32007, 32010, 15043, 29892, 508, 366, 1246, 777, 8492,
+                          363, 592, 29973, 32007, 32001, 18585, 29892, 306, 508, 8147, 278, 2533,
+                          363, 366, 29991, 32007, 32001));
+  // The "\n" after <|user|> is no token: "Hi" is encoded as "▁Hi" (6324).
+  EXPECT_THAT(phi3->Encode("<|user|>\nHi<|end|>\n<|assistant|>\n", false),
+              ElementsAre(32010, 6324, 32007, 32001));
+
+  // Unicode White_Space goes (LF, CR, tab, U+3000, NBSP, U+2003, U+0085);
+  // U+001C, which only Python calls whitespace, stays.
+  EXPECT_THAT(phi3->Encode("<|user|>\r\n\t \xE3\x80\x80\xC2\xA0\xE2\x80\x83\xC2\x85Hi", false),
+              ElementsAre(32010, 6324));
+  EXPECT_EQ(phi3->Encode("<|user|>\n\x1cHi", false),
+            Concat({{32010}, llama2->Encode("\x1cHi", false)}));
+  // Only after the token (lstrip is false), and not for <|endoftext|>.
+  EXPECT_EQ(phi3->Encode("say <|end|>  now", false),
+            Concat({llama2->Encode("say ", false), {32007}, llama2->Encode("now", false)}));
+  EXPECT_EQ(phi3->Encode("<|endoftext|>\nHi", false),
+            Concat({{32000}, llama2->Encode("\nHi", false)}));
+  // All whitespace to the next token, or to the end, goes.
+  EXPECT_THAT(phi3->Encode("<|user|>\n \n<|end|>\n\n", false), ElementsAre(32010, 32007));
+  EXPECT_EQ(phi3->Decode(phi3->Encode("<|user|>\nHi<|end|>\n", false)), "<|user|>Hi<|end|>");
+}
+
+TEST(TokenizerTest, StripFlagsFromTokenizerJsonBeforeTokenizerConfig) {
+  TokenizerDir dir("added_tokens.json", R"({"<|a|>": 32000, "<|b|>": 32001, "<|c|>": 32002})");
+  // tokenizer.json lists <|a|> (lstrip) and <|b|> (no flags); its flags win
+  // over tokenizer_config.json's, which only <|c|> takes.
+  dir.Add("tokenizer.json", R"({"added_tokens": [
+      {"id": 32000, "content": "<|a|>", "lstrip": true, "rstrip": false},
+      {"id": 32001, "content": "<|b|>"}]})");
+  dir.Add("tokenizer_config.json", R"({"added_tokens_decoder": {
+      "32000": {"content": "<|a|>", "lstrip": false, "rstrip": true},
+      "32001": {"content": "<|b|>", "rstrip": true},
+      "32002": {"content": "<|c|>", "rstrip": true},
+      "32003": {"content": "<|not-added|>", "lstrip": true}}})");
+  std::unique_ptr<Tokenizer> tokenizer = LoadOrDie(dir.path());
+  ASSERT_NE(tokenizer, nullptr);
+  std::unique_ptr<Tokenizer> llama2 = LoadOrDie(Llama2Dir());
+  ASSERT_NE(llama2, nullptr);
+  EXPECT_EQ(tokenizer->Encode("x \t<|a|> y", false),
+            Concat({llama2->Encode("x", false), {32000}, llama2->Encode(" y", false)}));
+  EXPECT_EQ(tokenizer->Encode("<|b|> y", false), Concat({{32001}, llama2->Encode(" y", false)}));
+  EXPECT_EQ(tokenizer->Encode("<|c|> y", false), Concat({{32002}, llama2->Encode("y", false)}));
+  // lstrip stops at the token before.
+  EXPECT_THAT(tokenizer->Encode("<|b|>  <|a|>", false), ElementsAre(32001, 32000));
+  EXPECT_EQ(tokenizer->Encode("<|not-added|>", false), llama2->Encode("<|not-added|>", false));
+}
+
 TEST(TokenizerTest, RandomPhi3CheckpointHasPhi3Tokens) {
   TempDir dir;
   ASSERT_TRUE(WriteRandomCheckpoint(dir.path(), Phi3Tiny()).ok());
@@ -250,6 +332,12 @@ TEST(TokenizerTest, LoadErrorsNameTheFile) {
       {"tokenizer.json", "{\"added_tokens\": [{\"id\": 3}]}"},
       {"tokenizer.json", "{\"added_tokens\": 7}"},
       {"tokenizer.json", "nope"},
+      {"tokenizer.json", R"({"added_tokens": [{"id": 3, "content": "<x>", "rstrip": 1}]})"},
+      {"tokenizer_config.json", R"({"added_tokens_decoder": 7})"},
+      {"tokenizer_config.json", R"({"added_tokens_decoder": {"3": {"content": "<x>",
+          "lstrip": "no"}}})"},
+      {"tokenizer_config.json", R"({"added_tokens_decoder": {"3": {"rstrip": true}}})"},
+      {"tokenizer_config.json", "{"},
   };
   for (const auto& [name, contents] : bad_files) {
     TokenizerDir dir(name, contents);
