@@ -178,6 +178,12 @@ void Engine::StartPrefill(Sequence* seq) {
   KvCache::Sequence* lease = seq->kv.get();  // alive until `done` has run
   job.write_kv = [this, lease](int layer, int first_token, int num_tokens, const void* k,
                                const void* v, DType dtype) {
+    // On the CPU backend the write goes on while a decode step runs: waiting
+    // for the step here would stall the prefill stream once per KV chunk
+    // (a step per chunk of TTFT for a request that arrives under load).
+    if (cache_->writes_run_concurrently()) {
+      return cache_->WriteTokens(*lease, layer, first_token, num_tokens, k, v, dtype);
+    }
     std::lock_guard<std::mutex> lock(backend_mu_);
     return cache_->WriteTokens(*lease, layer, first_token, num_tokens, k, v, dtype);
   };

@@ -85,6 +85,13 @@ class Backend {
   virtual std::string_view name() const = 0;  // "cpu", "cuda"
   virtual DType activation_dtype() const = 0;
   virtual DType kv_dtype() const = 0;
+  // True when data() of this backend's buffers is ordinary host memory that
+  // any thread may write, and CopyToDevice into one buffer range is safe
+  // while other threads run ops on other buffers (the CPU backend). KvCache
+  // then writes received KV straight into its blocks, without staging and
+  // without waiting for a running decode step. Default: false (a device
+  // backend whose ops share one stream).
+  virtual bool host_memory_buffers() const { return false; }
 
   // ---- memory -------------------------------------------------------------
   // Uninitialised buffer. RESOURCE_EXHAUSTED when the device is out of memory.

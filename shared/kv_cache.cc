@@ -1,5 +1,6 @@
 #include "shared/kv_cache.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -76,9 +77,9 @@ absl::StatusOr<std::unique_ptr<KvCache::Sequence>> KvCache::Allocate(int num_tok
 absl::StatusOr<std::unique_ptr<KvCache::Sequence>> KvCache::Fork(const Sequence& parent,
                                                                  int num_tokens) {
   if (num_tokens < 0 || num_tokens > parent.capacity()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("KV cache fork: num_tokens ", num_tokens, " outside [0, ",
-                     parent.capacity(), "], the parent lease's capacity"));
+    return absl::InvalidArgumentError(absl::StrCat("KV cache fork: num_tokens ", num_tokens,
+                                                   " outside [0, ", parent.capacity(),
+                                                   "], the parent lease's capacity"));
   }
   const size_t shared = (num_tokens + options_.block_size - 1) / options_.block_size;
   std::unique_ptr<Sequence> child(new Sequence(this));
@@ -141,8 +142,8 @@ absl::Status KvCache::MakeWritable(std::vector<int32_t>& blocks, int position) {
 }
 
 void KvCache::CopyBlock(int32_t from, int32_t to) {
-  const size_t block_elements = static_cast<size_t>(options_.block_size) *
-                                options_.num_kv_heads * options_.head_dim;
+  const size_t block_elements =
+      static_cast<size_t>(options_.block_size) * options_.num_kv_heads * options_.head_dim;
   for (int layer = 0; layer < options_.num_layers; ++layer) {
     // Queued in order with the steps that later read or write these blocks.
     backend_->CopyElements(*k_[layer], from * block_elements, *k_[layer], to * block_elements,
@@ -239,6 +240,24 @@ absl::Status KvCache::WriteTokens(const Sequence& sequence, int layer, int first
     }
   }
   const int kv_width = options_.num_kv_heads * options_.head_dim;
+  if (backend_->host_memory_buffers()) {
+    // Tokens of one block occupy consecutive slots: one conversion per
+    // block's run, straight from the caller's bytes into the cache.
+    const size_t token_bytes = static_cast<size_t>(kv_width) * DTypeSize(dtype);
+    const int block_size = options_.block_size;
+    for (int token = first_token; token < first_token + num_tokens;) {
+      const int run = std::min(block_size - token % block_size, first_token + num_tokens - token);
+      const size_t src_offset = static_cast<size_t>(token - first_token) * token_bytes;
+      const size_t dst_offset = static_cast<size_t>(sequence.Slot(token)) * kv_width;
+      const size_t n = static_cast<size_t>(run) * kv_width;
+      PDSERVE_RETURN_IF_ERROR(backend_->CopyToDevice(static_cast<const char*>(k) + src_offset,
+                                                     dtype, n, *k_[layer], dst_offset));
+      PDSERVE_RETURN_IF_ERROR(backend_->CopyToDevice(static_cast<const char*>(v) + src_offset,
+                                                     dtype, n, *v_[layer], dst_offset));
+      token += run;
+    }
+    return absl::OkStatus();
+  }
   const size_t elements = static_cast<size_t>(num_tokens) * kv_width;
   PDSERVE_ASSIGN_OR_RETURN(Staging staging,
                            MakeStaging(*backend_, sequence, first_token, num_tokens, kv_width));

@@ -14,7 +14,7 @@
 namespace pdserve {
 
 struct KvCacheOptions {
-  int num_blocks = 0;  // blocks in the pool, shared by all layers' tables
+  int num_blocks = 0;   // blocks in the pool, shared by all layers' tables
   int block_size = 16;  // tokens per block
   int num_layers = 0;
   int num_kv_heads = 0;
@@ -92,8 +92,18 @@ class KvCache {
   // of `dtype`. INVALID_ARGUMENT when the range exceeds the lease or the layer
   // is out of range; FAILED_PRECONDITION when a block of the range is shared
   // with another lease (see PrepareWrite).
+  //
+  // On a backend with host_memory_buffers() (CPU) each block's run of tokens
+  // is converted straight into the cache, and the call may run on any thread
+  // while other threads use the backend (writes_run_concurrently()): it
+  // touches only the lease's own blocks, which a lease being filled by a
+  // prefill shares with nobody. Otherwise it stages the range on the device
+  // and scatters it there, and the caller must serialise it with other
+  // backend use.
   absl::Status WriteTokens(const Sequence& sequence, int layer, int first_token, int num_tokens,
                            const void* k, const void* v, DType dtype);
+  // Whether WriteTokens may run concurrently with other backend work.
+  bool writes_run_concurrently() const { return backend_->host_memory_buffers(); }
   // Reads the same range back to host float32 arrays (tests, inspection).
   absl::Status ReadTokens(const Sequence& sequence, int layer, int first_token, int num_tokens,
                           float* k, float* v);

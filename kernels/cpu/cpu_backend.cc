@@ -118,6 +118,8 @@ class CpuBackend final : public Backend {
                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
 
   std::string_view name() const override { return "cpu"; }
+  // Buffers are host arrays and CopyToDevice is a plain conversion loop.
+  bool host_memory_buffers() const override { return true; }
   DType activation_dtype() const override { return DType::kF32; }
   DType kv_dtype() const override { return DType::kF32; }
 
