@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -114,33 +115,83 @@ void FillMessage(const Shape &s, const ChunkPlace &c, const char *k, grpc::ByteB
   *message = EncodeKvChunkResponse(c.layer, c.first_token, c.num_tokens, std::move(buffers));
 }
 
+// Messages are made on a producer thread, at most kAhead in front of the
+// writes, as the prefill service's worker thread makes them (CopyToHost into
+// a new message while gRPC writes earlier ones).
 template <typename Message>
 class ChunkWriter final : public grpc::ServerWriteReactor<Message> {
  public:
-  explicit ChunkWriter(const Source *source) : source_(source) { Next(); }
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
-      return;
-    }
-    Next();
-  }
-  void OnDone() override { delete this; }
-
- private:
-  void Next() {
-    if (next_ == source_->plan.size()) {
+  explicit ChunkWriter(const Source *source) : source_(source) {
+    if (source_->plan.empty()) {
       this->Finish(grpc::Status::OK);
       return;
     }
-    const ChunkPlace &c = source_->plan[next_++];
-    FillMessage(source_->shape, c,
-                source_->bytes.data() + KOffset(source_->shape, c.layer, c.first_token), &message_);
-    this->StartWrite(&message_);
+    producer_ = std::thread([this] { Produce(); });
   }
+  void OnWriteDone(bool ok) override {
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      write_in_flight_ = false;
+      if (!ok) stopped_ = true;
+      finish = stopped_ || (produced_all_ && queue_.empty());
+    }
+    ready_.notify_all();
+    if (finish) {
+      this->Finish(ok ? grpc::Status::OK
+                      : grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    Pump();
+  }
+  void OnDone() override {
+    if (producer_.joinable()) producer_.join();
+    delete this;
+  }
+
+ private:
+  static constexpr size_t kAhead = 8;
+
+  void Produce() {
+    for (const ChunkPlace &c : source_->plan) {
+      Message message;
+      FillMessage(source_->shape, c,
+                  source_->bytes.data() + KOffset(source_->shape, c.layer, c.first_token),
+                  &message);
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        ready_.wait(lock, [this] { return stopped_ || queue_.size() < kAhead; });
+        if (stopped_) return;
+        queue_.push_back(std::move(message));
+        if (&c == &source_->plan.back()) produced_all_ = true;
+      }
+      Pump();
+    }
+  }
+
+  // Starts the next write when none is in flight. Finish is left to
+  // OnWriteDone (a gRPC thread), after the last write.
+  void Pump() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (write_in_flight_ || stopped_ || queue_.empty()) return;
+      in_flight_ = std::move(queue_.front());
+      queue_.pop_front();
+      write_in_flight_ = true;
+    }
+    ready_.notify_all();
+    this->StartWrite(&in_flight_);
+  }
+
   const Source *source_;
-  size_t next_ = 0;
-  Message message_;
+  std::thread producer_;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<Message> queue_;  // guarded by mu_
+  Message in_flight_;          // written by Pump under write_in_flight_
+  bool write_in_flight_ = false;
+  bool produced_all_ = false;
+  bool stopped_ = false;
 };
 
 // Prefill for the protobuf path; the raw service below answers the same

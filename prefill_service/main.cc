@@ -47,7 +47,7 @@ ABSL_FLAG(std::string, cpu_weight_dtype, "f32",
           "the bytes; activations rounded to bf16 at each GEMM)");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written here (atomically) once the server listens");
-ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{4} << 20,
+ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{1} << 20,
           "Largest K+V payload of one KvChunk message, bytes; requests may ask for less");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
           "gRPC max send and receive message size, bytes");

@@ -19,7 +19,9 @@ struct PrefillServerOptions {
   // Default and upper bound of one KvChunk's K+V bytes; a request may ask
   // for less (PrefillRequest.max_chunk_bytes). Keep it well under the
   // server's max send message size.
-  int64_t max_chunk_bytes = int64_t{4} << 20;
+  // 1 MiB: on loopback, 1 MiB chunks moved KV faster than 4 MiB ones (a
+  // message then stays in a 2 MiB L2 between its copies; docs/benchmarks.md).
+  int64_t max_chunk_bytes = int64_t{1} << 20;
   // Bytes of one stream's responses queued behind a slow reader before the
   // forward pass waits for it (back-pressure instead of unbounded memory).
   int64_t max_queued_bytes = int64_t{256} << 20;
