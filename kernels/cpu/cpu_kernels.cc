@@ -42,12 +42,20 @@ void BlasMatMul(const float* x, const float* w, int m, int n, int k, float* out,
 }
 
 // Calls fn(begin, end) for consecutive kGemmChunkRows-row ranges of [0, n)
-// on the pool. Chunks are handed out one at a time, so a thread whose core
-// is busy with another process takes fewer of them.
+// of an [m, n, k] GEMM on the pool. Chunks are handed out one at a time, so
+// a thread whose core is busy with another process takes fewer of them. A
+// small GEMM stays on fewer threads (one below ~2 * 10^5 flops): waking a
+// sleeping worker costs tens of microseconds on a VM, more than a small
+// model's whole GEMM (stories260K's decode step ran 10x slower in the
+// decode service, where workers sleep between steps, than back-to-back).
 template <typename Fn>
-void ForRowChunks(ThreadPool& pool, int n, const Fn& fn) {
+void ForRowChunks(ThreadPool& pool, int m, int n, int k, const Fn& fn) {
+  constexpr double kMinFlopsPerThread = 2e5;
+  const double flops = 2.0 * m * n * k;
+  const int max_threads = static_cast<int>(
+      std::clamp(flops / kMinFlopsPerThread, 1.0, static_cast<double>(pool.size())));
   const int chunks = (n + kGemmChunkRows - 1) / kGemmChunkRows;
-  pool.Run(chunks, pool.size(), [&](int chunk) {
+  pool.Run(chunks, max_threads, [&](int chunk) {
     const int begin = chunk * kGemmChunkRows;
     fn(begin, std::min(n, begin + kGemmChunkRows));
   });
@@ -58,7 +66,7 @@ void ForRowChunks(ThreadPool& pool, int n, const Fn& fn) {
 void MatMul(ThreadPool& pool, const float* x, const float* w, int m, int n, int k, float* out,
             bool accumulate) {
   if (m <= kSkinnyMaxRowsF32 && CpuHasAvx512F()) {
-    ForRowChunks(pool, n, [&](int begin, int end) {
+    ForRowChunks(pool, m, n, k, [&](int begin, int end) {
       GemmF32Rows(x, m, k, w, begin, end, out, n, accumulate);
     });
     return;
@@ -79,7 +87,7 @@ void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int 
       x_bf16.resize(static_cast<size_t>(m) * k);
       RoundToBf16(x, x_bf16.size(), x_bf16.data());
     }
-    ForRowChunks(pool, n, [&](int begin, int end) {
+    ForRowChunks(pool, m, n, k, [&](int begin, int end) {
       const int amx_end = std::min(end, amx_rows);
       if (begin < amx_end) AmxGemmBf16Rows(packed, w, begin, amx_end, out, n, accumulate);
       if (amx_end < end) {
@@ -91,7 +99,7 @@ void MatMulBf16(ThreadPool& pool, const float* x, const uint16_t* w, int m, int 
   if (m <= kSkinnyMaxRowsBf16 && CpuHasAvx512Bf16Gemm()) {
     std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * k);
     RoundToBf16(x, x_bf16.size(), x_bf16.data());
-    ForRowChunks(pool, n, [&](int begin, int end) {
+    ForRowChunks(pool, m, n, k, [&](int begin, int end) {
       GemmBf16Rows(x_bf16.data(), m, k, w, begin, end, out, n, accumulate);
     });
     return;
