@@ -69,7 +69,7 @@ struct ChunkPlace {
   int num_tokens;
 };
 
-std::vector<ChunkPlace> PlanChunks(const Shape &s, int64_t chunk_bytes) {
+std::vector<ChunkPlace> PlanChunks(const Shape& s, int64_t chunk_bytes) {
   const int tokens_per_chunk = static_cast<int>(
       std::clamp<int64_t>(chunk_bytes / static_cast<int64_t>(2 * s.token_bytes()), 1, s.tokens));
   std::vector<ChunkPlace> plan;
@@ -81,7 +81,7 @@ std::vector<ChunkPlace> PlanChunks(const Shape &s, int64_t chunk_bytes) {
   return plan;
 }
 
-size_t KOffset(const Shape &s, int layer, int first_token) {
+size_t KOffset(const Shape& s, int layer, int first_token) {
   return 2 * s.layer_bytes() * layer + s.token_bytes() * first_token;
 }
 
@@ -96,10 +96,10 @@ struct Source {
 // backend's CopyToHost would) into `Message`:
 //   v1::PrefillResponse - the protobuf path (gRPC serialises it);
 //   grpc::ByteBuffer    - the pdserve path (EncodeKvChunkResponse).
-void FillMessage(const Shape &s, const ChunkPlace &c, const char *k, v1::PrefillResponse *message) {
+void FillMessage(const Shape& s, const ChunkPlace& c, const char* k, v1::PrefillResponse* message) {
   const size_t n = s.token_bytes() * c.num_tokens;
   message->Clear();
-  v1::KvChunk *chunk = message->mutable_kv();
+  v1::KvChunk* chunk = message->mutable_kv();
   chunk->set_layer(c.layer);
   chunk->set_first_token(c.first_token);
   chunk->set_num_tokens(c.num_tokens);
@@ -107,7 +107,7 @@ void FillMessage(const Shape &s, const ChunkPlace &c, const char *k, v1::Prefill
   chunk->set_v(k + s.layer_bytes(), n);
 }
 
-void FillMessage(const Shape &s, const ChunkPlace &c, const char *k, grpc::ByteBuffer *message) {
+void FillMessage(const Shape& s, const ChunkPlace& c, const char* k, grpc::ByteBuffer* message) {
   const size_t n = s.token_bytes() * c.num_tokens;
   KvChunkBuffers buffers(n);
   std::memcpy(buffers.k(), k, n);
@@ -121,7 +121,7 @@ void FillMessage(const Shape &s, const ChunkPlace &c, const char *k, grpc::ByteB
 template <typename Message>
 class ChunkWriter final : public grpc::ServerWriteReactor<Message> {
  public:
-  explicit ChunkWriter(const Source *source) : source_(source) {
+  explicit ChunkWriter(const Source* source) : source_(source) {
     if (source_->plan.empty()) {
       this->Finish(grpc::Status::OK);
       return;
@@ -153,7 +153,7 @@ class ChunkWriter final : public grpc::ServerWriteReactor<Message> {
   static constexpr size_t kAhead = 8;
 
   void Produce() {
-    for (const ChunkPlace &c : source_->plan) {
+    for (const ChunkPlace& c : source_->plan) {
       Message message;
       FillMessage(source_->shape, c,
                   source_->bytes.data() + KOffset(source_->shape, c.layer, c.first_token),
@@ -183,7 +183,7 @@ class ChunkWriter final : public grpc::ServerWriteReactor<Message> {
     this->StartWrite(&in_flight_);
   }
 
-  const Source *source_;
+  const Source* source_;
   std::thread producer_;
   std::mutex mu_;
   std::condition_variable ready_;
@@ -198,34 +198,34 @@ class ChunkWriter final : public grpc::ServerWriteReactor<Message> {
 // method name on a second server.
 class ProtobufService final : public v1::PrefillService::CallbackService {
  public:
-  explicit ProtobufService(const Source *source) : source_(source) {}
-  grpc::ServerWriteReactor<v1::PrefillResponse> *Prefill(grpc::CallbackServerContext *,
-                                                         const v1::PrefillRequest *) override {
+  explicit ProtobufService(const Source* source) : source_(source) {}
+  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext*,
+                                                         const v1::PrefillRequest*) override {
     return new ChunkWriter<v1::PrefillResponse>(source_);
   }
 
  private:
-  const Source *source_;
+  const Source* source_;
 };
 
 class RawService final : public v1::PrefillService::WithRawCallbackMethod_Prefill<
                              v1::PrefillService::CallbackService> {
  public:
-  explicit RawService(const Source *source) : source_(source) {}
-  grpc::ServerWriteReactor<grpc::ByteBuffer> *Prefill(grpc::CallbackServerContext *,
-                                                      const grpc::ByteBuffer *) override {
+  explicit RawService(const Source* source) : source_(source) {}
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Prefill(grpc::CallbackServerContext*,
+                                                      const grpc::ByteBuffer*) override {
     return new ChunkWriter<grpc::ByteBuffer>(source_);
   }
 
  private:
-  const Source *source_;
+  const Source* source_;
 };
 
 // Client of the pdserve path, as decode_service/prefill_client.cc reads.
 class RawReader final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc::ByteBuffer> {
  public:
-  RawReader(const Shape &shape, char *dest) : shape_(shape), dest_(dest) {}
-  void Start(grpc::TemplatedGenericStub<v1::PrefillRequest, grpc::ByteBuffer> *stub) {
+  RawReader(const Shape& shape, char* dest) : shape_(shape), dest_(dest) {}
+  void Start(grpc::TemplatedGenericStub<v1::PrefillRequest, grpc::ByteBuffer>* stub) {
     stub->PrepareBidiStreamingCall(
         &context_, absl::StrCat("/", v1::PrefillService::service_full_name(), "/Prefill"),
         grpc::StubOptions(), this);
@@ -241,20 +241,20 @@ class RawReader final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc:
       context_.TryCancel();
       return;
     }
-    const KvChunkView &kv = decoder_.kv();
-    char *k = dest_ + KOffset(shape_, kv.layer, kv.first_token);
+    const KvChunkView& kv = decoder_.kv();
+    char* k = dest_ + KOffset(shape_, kv.layer, kv.first_token);
     std::memcpy(k, kv.k.data(), kv.k.size());
     std::memcpy(k + shape_.layer_bytes(), kv.v.data(), kv.v.size());
     received_ += kv.k.size() + kv.v.size();
     StartRead(&response_);
   }
-  void OnDone(const grpc::Status &status) override {
+  void OnDone(const grpc::Status& status) override {
     std::lock_guard<std::mutex> lock(mu_);
     status_ = status;
     done_ = true;
     cv_.notify_all();
   }
-  size_t Wait(grpc::Status *status) {
+  size_t Wait(grpc::Status* status) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return done_; });
     *status = status_;
@@ -263,7 +263,7 @@ class RawReader final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc:
 
  private:
   const Shape shape_;
-  char *const dest_;
+  char* const dest_;
   grpc::ClientContext context_;
   v1::PrefillRequest request_;
   grpc::ByteBuffer response_;
@@ -275,16 +275,16 @@ class RawReader final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc:
   grpc::Status status_;
 };
 
-size_t ReadProtobuf(const std::shared_ptr<grpc::Channel> &channel, const Shape &s, char *dest,
-                    grpc::Status *status) {
+size_t ReadProtobuf(const std::shared_ptr<grpc::Channel>& channel, const Shape& s, char* dest,
+                    grpc::Status* status) {
   auto stub = v1::PrefillService::NewStub(channel);
   grpc::ClientContext context;
   auto reader = stub->Prefill(&context, v1::PrefillRequest());
   v1::PrefillResponse response;
   size_t received = 0;
   while (reader->Read(&response)) {
-    const v1::KvChunk &kv = response.kv();
-    char *k = dest + KOffset(s, kv.layer(), kv.first_token());
+    const v1::KvChunk& kv = response.kv();
+    char* k = dest + KOffset(s, kv.layer(), kv.first_token());
     std::memcpy(k, kv.k().data(), kv.k().size());
     std::memcpy(k + s.layer_bytes(), kv.v().data(), kv.v().size());
     received += kv.k().size() + kv.v().size();
@@ -293,8 +293,8 @@ size_t ReadProtobuf(const std::shared_ptr<grpc::Channel> &channel, const Shape &
   return received;
 }
 
-size_t ReadRaw(const std::shared_ptr<grpc::Channel> &channel, const Shape &s, char *dest,
-               grpc::Status *status) {
+size_t ReadRaw(const std::shared_ptr<grpc::Channel>& channel, const Shape& s, char* dest,
+               grpc::Status* status) {
   grpc::TemplatedGenericStub<v1::PrefillRequest, grpc::ByteBuffer> stub(channel);
   RawReader reader(s, dest);
   reader.Start(&stub);
@@ -319,8 +319,8 @@ double MemcpyGBps(size_t bytes, int repeats) {
 // Best of `repeats` rounds of s.streams concurrent streams (each stream on
 // its own channel, so its own TCP connection); payload GB/s over all
 // streams (K and V bytes only). Every byte received is checked.
-double GrpcGBps(const Source &source, bool raw) {
-  const Shape &s = source.shape;
+double GrpcGBps(const Source& source, bool raw) {
+  const Shape& s = source.shape;
   ProtobufService protobuf_service(&source);
   RawService raw_service(&source);
   grpc::ServerBuilder builder;
@@ -356,7 +356,7 @@ double GrpcGBps(const Source &source, bool raw) {
                           : ReadProtobuf(channels[i], s, dests[i].data(), &statuses[i]);
       });
     }
-    for (std::thread &thread : threads) thread.join();
+    for (std::thread& thread : threads) thread.join();
     const double seconds = Seconds(Clock::now() - start);
     for (int i = 0; i < s.streams; ++i) {
       if (!statuses[i].ok() || received[i] != s.total_bytes() || dests[i] != source.bytes) {
@@ -372,7 +372,7 @@ double GrpcGBps(const Source &source, bool raw) {
   return static_cast<double>(s.total_bytes()) * s.streams / best / 1e9;
 }
 
-int Main(int argc, char **argv) {
+int Main(int argc, char** argv) {
   Shape s;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -432,4 +432,4 @@ int Main(int argc, char **argv) {
 }  // namespace
 }  // namespace pdserve
 
-int main(int argc, char **argv) { return pdserve::Main(argc, argv); }
+int main(int argc, char** argv) { return pdserve::Main(argc, argv); }

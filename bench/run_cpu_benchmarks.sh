@@ -39,7 +39,8 @@ fi
 "$build/bench/pdserve-decode-step-bench" --model_dir "$root/models/stories260K" --steps 50 \
   | tee "$out/decode_step_stories260K.txt"
 if [[ -z ${SKIP_TINYLLAMA:-} ]]; then
-  "$build/bench/pdserve-decode-step-bench" --model_dir "$tiny" --steps 5 --batches 1,8,32 \
+  "$build/bench/pdserve-decode-step-bench" --model_dir "$tiny" --steps 10 --batches 1,8,32 \
+    --prefill_tokens 512 \
     | tee "$out/decode_step_tinyllama.txt"
 fi
 

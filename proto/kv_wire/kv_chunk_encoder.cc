@@ -31,7 +31,7 @@ size_t LengthPrefixSize(int field, size_t length) {
          CodedOutputStream::VarintSize64(length);
 }
 
-uint8_t *WriteLengthPrefix(int field, size_t length, uint8_t *target) {
+uint8_t* WriteLengthPrefix(int field, size_t length, uint8_t* target) {
   target =
       WireFormatLite::WriteTagToArray(field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED, target);
   return CodedOutputStream::WriteVarint64ToArray(length, target);
@@ -45,13 +45,13 @@ size_t Int32FieldSize(int field, int32_t value) {
          WireFormatLite::Int32Size(value);
 }
 
-uint8_t *WriteInt32Field(int field, int32_t value, uint8_t *target) {
+uint8_t* WriteInt32Field(int field, int32_t value, uint8_t* target) {
   if (value == 0) return target;
   return WireFormatLite::WriteInt32ToArray(field, value, target);
 }
 
 // The slice owns a heap array from KvChunkBuffers.
-void FreeArray(void *bytes) { delete[] static_cast<char *>(bytes); }
+void FreeArray(void* bytes) { delete[] static_cast<char*>(bytes); }
 
 }  // namespace
 
@@ -70,7 +70,7 @@ grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_token
   const size_t chunk_size = scalars + k_prefix + n + v_prefix + n;
 
   std::string head(LengthPrefixSize(kResponseKvField, chunk_size) + scalars + k_prefix, '\0');
-  uint8_t *target = reinterpret_cast<uint8_t *>(head.data());
+  uint8_t* target = reinterpret_cast<uint8_t*>(head.data());
   target = WriteLengthPrefix(kResponseKvField, chunk_size, target);
   target = WriteInt32Field(kLayerField, layer, target);
   target = WriteInt32Field(kFirstTokenField, first_token, target);
@@ -81,14 +81,14 @@ grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_token
   }
   WriteLengthPrefix(kKField, n, target);
   std::string v_head(v_prefix, '\0');
-  WriteLengthPrefix(kVField, n, reinterpret_cast<uint8_t *>(v_head.data()));
+  WriteLengthPrefix(kVField, n, reinterpret_cast<uint8_t*>(v_head.data()));
 
   grpc::Slice slices[4] = {grpc::Slice(head), grpc::Slice(buffers.k_.release(), n, &FreeArray),
                            grpc::Slice(v_head), grpc::Slice(buffers.v_.release(), n, &FreeArray)};
   return grpc::ByteBuffer(slices, 4);
 }
 
-absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse &response) {
+absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse& response) {
   grpc::ByteBuffer buffer;
   bool own_buffer = false;
   const grpc::Status status =

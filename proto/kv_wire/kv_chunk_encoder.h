@@ -20,11 +20,11 @@ namespace pdserve {
 class KvChunkBuffers {
  public:
   explicit KvChunkBuffers(size_t bytes_each);
-  KvChunkBuffers(KvChunkBuffers &&) = default;
-  KvChunkBuffers &operator=(KvChunkBuffers &&) = default;
+  KvChunkBuffers(KvChunkBuffers&&) = default;
+  KvChunkBuffers& operator=(KvChunkBuffers&&) = default;
 
-  char *k() { return k_.get(); }
-  char *v() { return v_.get(); }
+  char* k() { return k_.get(); }
+  char* v() { return v_.get(); }
   size_t bytes_each() const { return bytes_each_; }
 
  private:
@@ -49,7 +49,7 @@ grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_token
 // Any other response through protobuf's serialisation (small messages:
 // header, hidden states, final hidden state). INTERNAL when protobuf
 // refuses (a message over 2 GiB).
-absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse &response);
+absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse& response);
 
 }  // namespace pdserve
 

@@ -28,7 +28,7 @@ constexpr uint32_t kNumTokensTag = Tag(3, WireFormatLite::WIRETYPE_VARINT);
 constexpr uint32_t kKTag = Tag(4, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
 constexpr uint32_t kVTag = Tag(5, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
 
-bool ReadInt32(CodedInputStream *in, int *value) {
+bool ReadInt32(CodedInputStream* in, int* value) {
   uint64_t raw = 0;
   if (!in->ReadVarint64(&raw)) return false;
   *value = static_cast<int32_t>(raw);  // int32 on the wire: sign-extended varint
@@ -37,7 +37,7 @@ bool ReadInt32(CodedInputStream *in, int *value) {
 
 }  // namespace
 
-char *PrefillResponseDecoder::Scratch::Reserve(size_t size) {
+char* PrefillResponseDecoder::Scratch::Reserve(size_t size) {
   if (size > capacity) {
     bytes.reset(new char[size]);
     capacity = size;
@@ -45,7 +45,7 @@ char *PrefillResponseDecoder::Scratch::Reserve(size_t size) {
   return bytes.get();
 }
 
-bool PrefillResponseDecoder::DecodeKvChunk(grpc::ByteBuffer *buffer) {
+bool PrefillResponseDecoder::DecodeKvChunk(grpc::ByteBuffer* buffer) {
   grpc::ProtoBufferReader reader(buffer);
   if (!reader.status().ok()) return false;
   CodedInputStream in(&reader);
@@ -70,8 +70,8 @@ bool PrefillResponseDecoder::DecodeKvChunk(grpc::ByteBuffer *buffer) {
       case kVTag: {
         uint32_t length = 0;
         if (!in.ReadVarint32(&length) || length > INT_MAX) return false;
-        Scratch &scratch = tag == kKTag ? k_scratch_ : v_scratch_;
-        char *bytes = scratch.Reserve(length);
+        Scratch& scratch = tag == kKTag ? k_scratch_ : v_scratch_;
+        char* bytes = scratch.Reserve(length);
         if (!in.ReadRaw(bytes, static_cast<int>(length))) return false;
         (tag == kKTag ? view.k : view.v) = std::span<const char>(bytes, length);
         break;
@@ -90,7 +90,7 @@ bool PrefillResponseDecoder::DecodeKvChunk(grpc::ByteBuffer *buffer) {
 }
 
 absl::StatusOr<PrefillResponseDecoder::Kind> PrefillResponseDecoder::Decode(
-    grpc::ByteBuffer *buffer) {
+    grpc::ByteBuffer* buffer) {
   if (DecodeKvChunk(buffer)) return Kind::kKvChunk;
   other_.Clear();
   const grpc::Status status =
@@ -102,7 +102,7 @@ absl::StatusOr<PrefillResponseDecoder::Kind> PrefillResponseDecoder::Decode(
   if (other_.has_kv()) {
     // A KvChunk the fast path declined (unknown fields, odd order of
     // fields): hand it over the same way.
-    const v1::KvChunk &chunk = other_.kv();
+    const v1::KvChunk& chunk = other_.kv();
     kv_.layer = chunk.layer();
     kv_.first_token = chunk.first_token();
     kv_.num_tokens = chunk.num_tokens();

@@ -40,26 +40,26 @@ class PrefillResponseDecoder {
   enum class Kind { kKvChunk, kOther };
 
   PrefillResponseDecoder() = default;
-  PrefillResponseDecoder(const PrefillResponseDecoder &) = delete;
-  PrefillResponseDecoder &operator=(const PrefillResponseDecoder &) = delete;
+  PrefillResponseDecoder(const PrefillResponseDecoder&) = delete;
+  PrefillResponseDecoder& operator=(const PrefillResponseDecoder&) = delete;
 
   // Decodes `buffer` (left intact for a KvChunk, cleared otherwise).
   // kKvChunk: read kv(); kOther: read other(). INTERNAL when the bytes are
   // not a PrefillResponse.
-  absl::StatusOr<Kind> Decode(grpc::ByteBuffer *buffer);
+  absl::StatusOr<Kind> Decode(grpc::ByteBuffer* buffer);
 
-  const KvChunkView &kv() const { return kv_; }
-  const v1::PrefillResponse &other() const { return other_; }
+  const KvChunkView& kv() const { return kv_; }
+  const v1::PrefillResponse& other() const { return other_; }
 
  private:
   // A growable byte array that is never zero-filled (reused every message).
   struct Scratch {
     std::unique_ptr<char[]> bytes;
     size_t capacity = 0;
-    char *Reserve(size_t size);
+    char* Reserve(size_t size);
   };
   // The fast path; false when the message needs protobuf's parser.
-  bool DecodeKvChunk(grpc::ByteBuffer *buffer);
+  bool DecodeKvChunk(grpc::ByteBuffer* buffer);
 
   Scratch k_scratch_;
   Scratch v_scratch_;

@@ -12,12 +12,12 @@ namespace pdserve {
 namespace {
 
 // The bytes of a ByteBuffer, joined.
-std::string Flatten(const grpc::ByteBuffer &buffer) {
+std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string bytes;
-  for (const grpc::Slice &slice : slices) {
-    bytes.append(reinterpret_cast<const char *>(slice.begin()), slice.size());
+  for (const grpc::Slice& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   }
   return bytes;
 }
@@ -40,7 +40,7 @@ struct Case {
 TEST(KvChunkEncoderTest, WritesWhatProtobufWrites) {
   const Case cases[] = {{0, 0, 1, 16},        {3, 5, 7, 7 * 192},   {31, 300, 200, 200 * 6144},
                         {127, 128, 1, 16384}, {1, 16383, 2, 70000}, {2, 0, 0, 0}};
-  for (const Case &c : cases) {
+  for (const Case& c : cases) {
     SCOPED_TRACE(testing::Message()
                  << "layer " << c.layer << " first " << c.first_token << " bytes " << c.bytes_each);
     const std::string k = Pattern(c.bytes_each, 1);
@@ -54,7 +54,7 @@ TEST(KvChunkEncoderTest, WritesWhatProtobufWrites) {
         EncodeKvChunkResponse(c.layer, c.first_token, c.num_tokens, std::move(buffers));
 
     v1::PrefillResponse expected;
-    v1::KvChunk *chunk = expected.mutable_kv();
+    v1::KvChunk* chunk = expected.mutable_kv();
     chunk->set_layer(c.layer);
     chunk->set_first_token(c.first_token);
     chunk->set_num_tokens(c.num_tokens);
@@ -76,17 +76,17 @@ TEST(KvChunkEncoderTest, WritesWhatProtobufWrites) {
 // second and fourth slices are those arrays, not copies of them.
 TEST(KvChunkEncoderTest, SendsTheProducersBuffersWithoutCopying) {
   KvChunkBuffers buffers(4096);
-  const char *k = buffers.k();
-  const char *v = buffers.v();
+  const char* k = buffers.k();
+  const char* v = buffers.v();
   std::memset(buffers.k(), 1, 4096);
   std::memset(buffers.v(), 2, 4096);
   const grpc::ByteBuffer encoded = EncodeKvChunkResponse(4, 8, 16, std::move(buffers));
   std::vector<grpc::Slice> slices;
   ASSERT_TRUE(encoded.Dump(&slices).ok());
   ASSERT_EQ(slices.size(), 4u);
-  EXPECT_EQ(reinterpret_cast<const char *>(slices[1].begin()), k);
+  EXPECT_EQ(reinterpret_cast<const char*>(slices[1].begin()), k);
   EXPECT_EQ(slices[1].size(), 4096u);
-  EXPECT_EQ(reinterpret_cast<const char *>(slices[3].begin()), v);
+  EXPECT_EQ(reinterpret_cast<const char*>(slices[3].begin()), v);
   EXPECT_EQ(slices[3].size(), 4096u);
 }
 

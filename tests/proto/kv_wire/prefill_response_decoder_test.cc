@@ -18,7 +18,7 @@ using Kind = PrefillResponseDecoder::Kind;
 
 // `bytes` as a ByteBuffer cut into slices at `cuts` (as TCP reads cut a
 // message), so fields and payloads straddle slice boundaries.
-grpc::ByteBuffer Sliced(const std::string &bytes, std::vector<size_t> cuts) {
+grpc::ByteBuffer Sliced(const std::string& bytes, std::vector<size_t> cuts) {
   cuts.push_back(bytes.size());
   std::vector<grpc::Slice> slices;
   size_t begin = 0;
@@ -38,7 +38,7 @@ std::string Pattern(size_t n, int seed) {
 
 v1::PrefillResponse Chunk(int layer, int first, int count, size_t bytes_each) {
   v1::PrefillResponse response;
-  v1::KvChunk *chunk = response.mutable_kv();
+  v1::KvChunk* chunk = response.mutable_kv();
   chunk->set_layer(layer);
   chunk->set_first_token(first);
   chunk->set_num_tokens(count);
@@ -47,8 +47,8 @@ v1::PrefillResponse Chunk(int layer, int first, int count, size_t bytes_each) {
   return response;
 }
 
-void ExpectChunk(const PrefillResponseDecoder &decoder, const v1::KvChunk &expected) {
-  const KvChunkView &view = decoder.kv();
+void ExpectChunk(const PrefillResponseDecoder& decoder, const v1::KvChunk& expected) {
+  const KvChunkView& view = decoder.kv();
   EXPECT_EQ(view.layer, expected.layer());
   EXPECT_EQ(view.first_token, expected.first_token());
   EXPECT_EQ(view.num_tokens, expected.num_tokens());
@@ -108,7 +108,7 @@ TEST(PrefillResponseDecoderTest, HandsOtherMessagesOverParsed) {
   final_hidden.mutable_final_hidden()->add_values(1.5f);
   final_hidden.mutable_final_hidden()->set_prefill_ms(3.0);
   PrefillResponseDecoder decoder;
-  for (const v1::PrefillResponse &expected : {header, final_hidden}) {
+  for (const v1::PrefillResponse& expected : {header, final_hidden}) {
     grpc::ByteBuffer buffer = Sliced(expected.SerializeAsString(), {3});
     absl::StatusOr<Kind> kind = decoder.Decode(&buffer);
     ASSERT_TRUE(kind.ok()) << kind.status();
@@ -185,7 +185,7 @@ TEST(PrefillResponseDecoderTest, RejectsBytesThatAreNotAResponse) {
   // garbage with an invalid wire type.
   const std::string truncated = std::string("\x12\x10\x22\x40", 4) + "abc";
   const std::string garbage = "\x0f\xff\xff\xff";
-  for (const std::string &bytes : {truncated, garbage}) {
+  for (const std::string& bytes : {truncated, garbage}) {
     grpc::ByteBuffer buffer = Sliced(bytes, {});
     absl::StatusOr<Kind> kind = decoder.Decode(&buffer);
     ASSERT_FALSE(kind.ok());
