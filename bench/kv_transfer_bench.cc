@@ -12,8 +12,9 @@
 //              them out (the services' path before proto/kv_wire);
 //   pdserve  - what the services use now: the server copies K and V into
 //              KvChunkBuffers sent as they are (EncodeKvChunkResponse), the
-//              client reads them with PrefillResponseDecoder and copies them
-//              out;
+//              client's PrefillResponseDecoder copies them from gRPC's slices
+//              straight into the destination (a KvPlacer, as decode places
+//              them in its CPU KV cache);
 // each with glibc's default allocator settings and after
 // TuneAllocatorForStreaming (both services call it at start-up). The
 // memcpy baseline copies the same number of bytes between two buffers.
@@ -235,17 +236,19 @@ class RawReader final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc:
   }
   void OnReadDone(bool ok) override {
     if (!ok) return;
-    absl::StatusOr<PrefillResponseDecoder::Kind> kind = decoder_.Decode(&response_);
+    absl::StatusOr<PrefillResponseDecoder::Kind> kind = decoder_.Decode(&response_, &placer_);
     response_.Clear();
     if (!kind.ok() || *kind != PrefillResponseDecoder::Kind::kKvChunk) {
       context_.TryCancel();
       return;
     }
     const KvChunkView& kv = decoder_.kv();
-    char* k = dest_ + KOffset(shape_, kv.layer, kv.first_token);
-    std::memcpy(k, kv.k.data(), kv.k.size());
-    std::memcpy(k + shape_.layer_bytes(), kv.v.data(), kv.v.size());
-    received_ += kv.k.size() + kv.v.size();
+    if (!kv.placed) {
+      char* k = dest_ + KOffset(shape_, kv.layer, kv.first_token);
+      std::memcpy(k, kv.k.data(), kv.k.size());
+      std::memcpy(k + shape_.layer_bytes(), kv.v.data(), kv.v.size());
+    }
+    received_ += kv.k_bytes + kv.v_bytes;
     StartRead(&response_);
   }
   void OnDone(const grpc::Status& status) override {
@@ -268,6 +271,16 @@ class RawReader final : public grpc::ClientBidiReactor<v1::PrefillRequest, grpc:
   v1::PrefillRequest request_;
   grpc::ByteBuffer response_;
   PrefillResponseDecoder decoder_;
+  // As decode does on the CPU backend (KvCache::HostRanges): the payload is
+  // copied straight from gRPC's slices into the destination.
+  const KvPlacer placer_ = [this](int layer, int first_token, int num_tokens, size_t bytes,
+                                  std::vector<std::span<char>>* k,
+                                  std::vector<std::span<char>>* v) {
+    char* at = dest_ + KOffset(shape_, layer, first_token);
+    k->emplace_back(at, bytes);
+    v->emplace_back(at + shape_.layer_bytes(), bytes);
+    return bytes == shape_.token_bytes() * num_tokens;
+  };
   size_t received_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -187,6 +187,14 @@ void Engine::StartPrefill(Sequence* seq) {
     std::lock_guard<std::mutex> lock(backend_mu_);
     return cache_->WriteTokens(*lease, layer, first_token, num_tokens, k, v, dtype);
   };
+  if (cache_->writes_run_concurrently()) {
+    // The receiver may copy a chunk straight into the lease's blocks.
+    job.kv_ranges = [this, lease](int layer, int first_token, int num_tokens, DType dtype,
+                                  std::vector<std::span<char>>* k,
+                                  std::vector<std::span<char>>* v) {
+      return cache_->HostRanges(*lease, layer, first_token, num_tokens, dtype, k, v);
+    };
+  }
   std::shared_ptr<PrefillCall> call = prefill_->Start(
       std::move(job),
       [this, id](absl::StatusOr<PrefillResult> result) { OnPrefillDone(id, std::move(result)); });

@@ -108,7 +108,8 @@ class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, g
 
  private:
   absl::Status Consume() {
-    absl::StatusOr<PrefillResponseDecoder::Kind> kind = decoder_.Decode(&response_);
+    absl::StatusOr<PrefillResponseDecoder::Kind> kind =
+        decoder_.Decode(&response_, job_.kv_ranges ? &placer_ : nullptr);
     response_.Clear();
     if (!kind.ok()) return kind.status();
     if (*kind == PrefillResponseDecoder::Kind::kKvChunk) {
@@ -190,10 +191,10 @@ class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, g
                                               ") outside the prompt [0, ", num_tokens_, ")"));
     }
     const size_t expected_bytes = token_bytes_ * count;
-    if (chunk.k.size() != expected_bytes || chunk.v.size() != expected_bytes) {
+    if (chunk.k_bytes != expected_bytes || chunk.v_bytes != expected_bytes) {
       return absl::InternalError(
-          absl::StrCat("prefill KV chunk of layer ", layer, ": k ", chunk.k.size(), " and v ",
-                       chunk.v.size(), " bytes, expected ", expected_bytes, " each (", count,
+          absl::StrCat("prefill KV chunk of layer ", layer, ": k ", chunk.k_bytes, " and v ",
+                       chunk.v_bytes, " bytes, expected ", expected_bytes, " each (", count,
                        " tokens x ", expectation_->num_kv_heads, " heads x ",
                        expectation_->head_dim, " x ", std::string(DTypeName(kv_dtype_)), ")"));
     }
@@ -204,10 +205,12 @@ class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, g
             absl::StrCat("prefill KV chunk: token ", t, " of layer ", layer, " arrived twice"));
       }
     }
-    absl::Status written =
-        job_.write_kv(layer, first, count, chunk.k.data(), chunk.v.data(), kv_dtype_);
-    if (!written.ok()) {
-      return absl::InternalError(absl::StrCat("writing prefill KV: ", written.message()));
+    if (!chunk.placed) {  // otherwise the decoder already copied it into the cache
+      absl::Status written =
+          job_.write_kv(layer, first, count, chunk.k.data(), chunk.v.data(), kv_dtype_);
+      if (!written.ok()) {
+        return absl::InternalError(absl::StrCat("writing prefill KV: ", written.message()));
+      }
     }
     for (int t = first; t < first + count; ++t) received_[base + t] = true;
     num_received_ += count;
@@ -309,6 +312,22 @@ class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, g
   v1::PrefillRequest request_;
   grpc::ByteBuffer response_;
   PrefillResponseDecoder decoder_;
+  // Lets the decoder copy a chunk straight into the KV cache when it is one
+  // this stream expects (the checks ConsumeChunk makes would pass) and
+  // job_.kv_ranges can place it; otherwise ConsumeChunk writes or rejects it.
+  const KvPlacer placer_ = [this](int layer, int first, int count, size_t bytes,
+                                  std::vector<std::span<char>>* k,
+                                  std::vector<std::span<char>>* v) {
+    if (!have_header_ || have_final_ || layer < 0 || layer >= expectation_->num_layers ||
+        first < 0 || count <= 0 || first > num_tokens_ - count || bytes != token_bytes_ * count) {
+      return false;
+    }
+    const size_t base = static_cast<size_t>(layer) * num_tokens_;
+    for (int t = first; t < first + count; ++t) {
+      if (received_[base + t]) return false;
+    }
+    return job_.kv_ranges(layer, first, count, kv_dtype_, k, v);
+  };
 
   // Stream state; touched only by gRPC's reactions, which never overlap.
   absl::Status error_;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,11 +26,25 @@ namespace pdserve {
 using KvWriter = std::function<absl::Status(int layer, int first_token, int num_tokens,
                                             const void* k, const void* v, DType dtype)>;
 
+// Optional fast path next to KvWriter: fills `k` and `v` with host byte
+// ranges that, in token order, hold K and V of tokens [first_token,
+// first_token + num_tokens) of `layer` in `dtype` exactly as a KvChunk
+// carries them, so a receiver can copy the chunk straight into them; returns
+// true. False when the destination cannot take those bytes as they are
+// (another dtype, device memory, a block shared with another lease, a range
+// outside the lease): the receiver then calls the KvWriter. Ranges handed
+// out for a lease stay valid while the job runs; the same thread rules as
+// the KvWriter apply to writing them.
+using KvRangeFinder =
+    std::function<bool(int layer, int first_token, int num_tokens, DType dtype,
+                       std::vector<std::span<char>>* k, std::vector<std::span<char>>* v)>;
+
 struct PrefillJob {
-  std::string request_id;           // for the prefill instance's logs
-  std::vector<int32_t> token_ids;   // the whole prompt
+  std::string request_id;          // for the prefill instance's logs
+  std::vector<int32_t> token_ids;  // the whole prompt
   absl::Time deadline = absl::InfiniteFuture();
-  KvWriter write_kv;                // where the KV goes
+  KvWriter write_kv;        // where the KV goes
+  KvRangeFinder kv_ranges;  // optional: where it can go without a copy
   // Also bring back every prompt position's final hidden state
   // (PrefillResult::all_hidden), for prompt logprobs.
   bool return_all_positions = false;
@@ -42,7 +57,7 @@ struct PrefillResult {
   // With PrefillJob::return_all_positions: every prompt position's hidden
   // state after the final RMSNorm, [num_tokens, hidden_size] float32.
   std::vector<float> all_hidden;
-  absl::Time kv_complete;   // when the last KV chunk was written (local clock)
+  absl::Time kv_complete;        // when the last KV chunk was written (local clock)
   double remote_prefill_ms = 0;  // forward-pass time the prefill instance reported
 };
 

@@ -269,6 +269,38 @@ absl::Status KvCache::WriteTokens(const Sequence& sequence, int layer, int first
   return backend_->Synchronize();
 }
 
+bool KvCache::HostRanges(const Sequence& sequence, int layer, int first_token, int num_tokens,
+                         DType dtype, std::vector<std::span<char>>* k,
+                         std::vector<std::span<char>>* v) {
+  k->clear();
+  v->clear();
+  if (!backend_->host_memory_buffers() || num_tokens <= 0 ||
+      !CheckTokenRange(sequence, layer, options_.num_layers, first_token, num_tokens).ok() ||
+      dtype != k_[layer]->dtype() || dtype != v_[layer]->dtype()) {
+    return false;
+  }
+  const int block_size = options_.block_size;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int b = first_token / block_size; b <= (first_token + num_tokens - 1) / block_size; ++b) {
+      if (ref_counts_[sequence.block_table()[b]] > 1) return false;
+    }
+  }
+  const size_t token_bytes =
+      static_cast<size_t>(options_.num_kv_heads) * options_.head_dim * DTypeSize(dtype);
+  char* k_base = static_cast<char*>(k_[layer]->data());
+  char* v_base = static_cast<char*>(v_[layer]->data());
+  for (int token = first_token; token < first_token + num_tokens;) {
+    const int run = std::min(block_size - token % block_size, first_token + num_tokens - token);
+    const size_t offset = static_cast<size_t>(sequence.Slot(token)) * token_bytes;
+    const size_t bytes = static_cast<size_t>(run) * token_bytes;
+    k->emplace_back(k_base + offset, bytes);
+    v->emplace_back(v_base + offset, bytes);
+    token += run;
+  }
+  return true;
+}
+
 absl::Status KvCache::ReadTokens(const Sequence& sequence, int layer, int first_token,
                                  int num_tokens, float* k, float* v) {
   PDSERVE_RETURN_IF_ERROR(

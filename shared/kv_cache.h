@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -104,6 +105,17 @@ class KvCache {
                            const void* k, const void* v, DType dtype);
   // Whether WriteTokens may run concurrently with other backend work.
   bool writes_run_concurrently() const { return backend_->host_memory_buffers(); }
+  // Where tokens [first_token, first_token + num_tokens) of `layer` live in
+  // the cache, as host byte ranges in token order (one per block's run of
+  // tokens; K ranges in `k`, V in `v`, both replaced), so that bytes of the
+  // cache's dtype can be copied straight in: what WriteTokens would write
+  // for `dtype` == the cache's dtype. False, with the vectors cleared, when
+  // that is not possible: a device backend (!host_memory_buffers()), another
+  // dtype (conversion needed), a range outside the lease or the layers, or a
+  // block shared with another lease. The ranges stay valid while the lease
+  // holds its blocks; the same rules as WriteTokens apply to writing them.
+  bool HostRanges(const Sequence& sequence, int layer, int first_token, int num_tokens, DType dtype,
+                  std::vector<std::span<char>>* k, std::vector<std::span<char>>* v);
   // Reads the same range back to host float32 arrays (tests, inspection).
   absl::Status ReadTokens(const Sequence& sequence, int layer, int first_token, int num_tokens,
                           float* k, float* v);

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <set>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -174,6 +176,50 @@ TEST_F(KvCacheTest, WriteReadRoundTripAcrossBlocks) {
   }
 }
 
+// HostRanges hands out the cache's own bytes: copying a range's tokens in
+// through them reads back (through ReadTokens' gather) like WriteTokens.
+TEST_F(KvCacheTest, HostRangesTakeTheCachesBytesInTokenOrder) {
+  auto cache = MakeCache(16, 4);
+  ASSERT_TRUE(cache->writes_run_concurrently());  // the CPU backend's memory is host memory
+  auto lease = cache->Allocate(13);
+  ASSERT_TRUE(lease.ok());
+  std::vector<float> k(9 * kWidth), v(9 * kWidth);
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = 0.5f * static_cast<float>(i);
+    v[i] = -1.0f - static_cast<float>(i);
+  }
+  std::vector<std::span<char>> k_ranges, v_ranges;
+  // Tokens 3..11: a partial block, a whole one, a partial one.
+  ASSERT_TRUE(cache->HostRanges(**lease, 2, 3, 9, DType::kF32, &k_ranges, &v_ranges));
+  ASSERT_EQ(k_ranges.size(), 3u);
+  size_t offset = 0;
+  for (size_t r = 0; r < k_ranges.size(); ++r) {
+    ASSERT_EQ(k_ranges[r].size(), v_ranges[r].size());
+    std::memcpy(k_ranges[r].data(), reinterpret_cast<const char*>(k.data()) + offset,
+                k_ranges[r].size());
+    std::memcpy(v_ranges[r].data(), reinterpret_cast<const char*>(v.data()) + offset,
+                v_ranges[r].size());
+    offset += k_ranges[r].size();
+  }
+  EXPECT_EQ(offset, k.size() * sizeof(float));
+  std::vector<float> k_read(k.size()), v_read(v.size());
+  ASSERT_TRUE(cache->ReadTokens(**lease, 2, 3, 9, k_read.data(), v_read.data()).ok());
+  EXPECT_EQ(k_read, k);
+  EXPECT_EQ(v_read, v);
+
+  // Not possible: another dtype, outside the lease or the layers, a shared
+  // block. Each leaves the vectors empty.
+  EXPECT_FALSE(cache->HostRanges(**lease, 2, 3, 9, DType::kBF16, &k_ranges, &v_ranges));
+  EXPECT_TRUE(k_ranges.empty() && v_ranges.empty());
+  EXPECT_FALSE(cache->HostRanges(**lease, 2, 10, 9, DType::kF32, &k_ranges, &v_ranges));
+  EXPECT_FALSE(cache->HostRanges(**lease, kLayers, 0, 1, DType::kF32, &k_ranges, &v_ranges));
+  auto fork = cache->Fork(**lease, 8);
+  ASSERT_TRUE(fork.ok());
+  EXPECT_FALSE(cache->HostRanges(**lease, 0, 0, 4, DType::kF32, &k_ranges, &v_ranges));
+  EXPECT_TRUE(k_ranges.empty() && v_ranges.empty());
+  EXPECT_TRUE(cache->HostRanges(**lease, 0, 8, 4, DType::kF32, &k_ranges, &v_ranges));
+}
+
 TEST_F(KvCacheTest, WriteAndReadRejectBadRanges) {
   auto cache = MakeCache(8, 4);
   auto lease = cache->Allocate(6);  // capacity 8
@@ -235,8 +281,9 @@ class KvCacheForkTest : public KvCacheTest {
       KvRows shifted = rows;
       for (float& x : shifted.k) x += layer;
       for (float& x : shifted.v) x -= layer;
-      ASSERT_TRUE(cache.WriteTokens(lease, layer, first, tokens, shifted.k.data(),
-                                    shifted.v.data(), DType::kF32)
+      ASSERT_TRUE(cache
+                      .WriteTokens(lease, layer, first, tokens, shifted.k.data(), shifted.v.data(),
+                                   DType::kF32)
                       .ok());
     }
   }
@@ -348,8 +395,7 @@ TEST_F(KvCacheForkTest, SharedBlocksRefuseWriteTokensAndBadForksAreRejected) {
   EXPECT_EQ((*fork)->PrepareWrite(-1).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE((*fork)->PrepareWrite(5).ok());
   EXPECT_TRUE(cache->WriteTokens(**fork, 0, 5, 1, row.k.data(), row.v.data(), DType::kF32).ok());
-  EXPECT_TRUE(
-      cache->WriteTokens(**parent, 0, 5, 1, row.k.data(), row.v.data(), DType::kF32).ok());
+  EXPECT_TRUE(cache->WriteTokens(**parent, 0, 5, 1, row.k.data(), row.v.data(), DType::kF32).ok());
   fork->reset();
   parent->reset();
   EXPECT_EQ(cache->num_free_blocks(), 4);

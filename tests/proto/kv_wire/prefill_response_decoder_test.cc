@@ -179,6 +179,91 @@ TEST(PrefillResponseDecoderTest, LaterOneofMemberWins) {
   EXPECT_EQ(decoder.other().header().num_tokens(), 4);
 }
 
+// A placer's ranges, in order, receive K and V as they are: here three
+// uneven pieces of one destination each, as a paged cache hands out.
+TEST(PrefillResponseDecoderTest, PlacerRangesReceiveThePayloadDirectly) {
+  const v1::PrefillResponse expected = Chunk(3, 40, 5, 3000);
+  std::string k_dest(3000, '\0'), v_dest(3000, '\0');
+  int calls = 0;
+  const KvPlacer placer = [&](int layer, int first, int count, size_t bytes,
+                              std::vector<std::span<char>>* k, std::vector<std::span<char>>* v) {
+    ++calls;
+    EXPECT_EQ(layer, 3);
+    EXPECT_EQ(first, 40);
+    EXPECT_EQ(count, 5);
+    EXPECT_EQ(bytes, 3000u);
+    for (std::string* dest : {&k_dest, &v_dest}) {
+      auto* ranges = dest == &k_dest ? k : v;
+      ranges->emplace_back(dest->data(), 1000);
+      ranges->emplace_back(dest->data() + 1000, 1);
+      ranges->emplace_back(dest->data() + 1001, 1999);
+    }
+    return true;
+  };
+  PrefillResponseDecoder decoder;
+  grpc::ByteBuffer buffer = Sliced(expected.SerializeAsString(), {7, 700, 2500, 4000});
+  absl::StatusOr<Kind> kind = decoder.Decode(&buffer, &placer);
+  ASSERT_TRUE(kind.ok()) << kind.status();
+  ASSERT_EQ(*kind, Kind::kKvChunk);
+  EXPECT_EQ(calls, 1);
+  const KvChunkView& view = decoder.kv();
+  EXPECT_TRUE(view.placed);
+  EXPECT_TRUE(view.k.empty());
+  EXPECT_EQ(view.k_bytes, 3000u);
+  EXPECT_EQ(view.v_bytes, 3000u);
+  EXPECT_EQ(view.layer, 3);
+  EXPECT_EQ(k_dest, expected.kv().k());
+  EXPECT_EQ(v_dest, expected.kv().v());
+}
+
+// A placer that declines, or whose ranges do not add up to the field, leaves
+// the chunk in the decoder's own buffers.
+TEST(PrefillResponseDecoderTest, DeclinedOrMismatchedPlacementUsesTheDecodersBuffers) {
+  const v1::PrefillResponse expected = Chunk(1, 2, 3, 600);
+  std::string dest(600, '\0');
+  const KvPlacer declines = [](int, int, int, size_t, std::vector<std::span<char>>*,
+                               std::vector<std::span<char>>*) { return false; };
+  const KvPlacer too_short = [&](int, int, int, size_t, std::vector<std::span<char>>* k,
+                                 std::vector<std::span<char>>* v) {
+    k->emplace_back(dest.data(), 599);
+    v->emplace_back(dest.data(), 599);
+    return true;
+  };
+  for (const KvPlacer* placer : {&declines, &too_short}) {
+    PrefillResponseDecoder decoder;
+    grpc::ByteBuffer buffer = Sliced(expected.SerializeAsString(), {});
+    absl::StatusOr<Kind> kind = decoder.Decode(&buffer, placer);
+    ASSERT_TRUE(kind.ok()) << kind.status();
+    ASSERT_EQ(*kind, Kind::kKvChunk);
+    EXPECT_FALSE(decoder.kv().placed);
+    ExpectChunk(decoder, expected.kv());
+  }
+  EXPECT_EQ(dest, std::string(600, '\0')) << "a rejected placement was written";
+}
+
+// Placement uses the layer and tokens read before the payload; if they come
+// after it, the bytes went to the wrong place: the stream must fail.
+TEST(PrefillResponseDecoderTest, TokenFieldsAfterAPlacedPayloadAreAnError) {
+  const std::string k(8, 'k'), v(8, 'v');
+  std::string chunk = "\x22\x08" + k + "\x2a\x08" + v + "\x08\x05";  // k, v, then layer 5
+  std::string message = "\x12";
+  message += static_cast<char>(chunk.size());
+  message += chunk;
+  std::string dest(16, '\0');
+  const KvPlacer placer = [&](int, int, int, size_t, std::vector<std::span<char>>* kr,
+                              std::vector<std::span<char>>* vr) {
+    kr->emplace_back(dest.data(), 8);
+    vr->emplace_back(dest.data() + 8, 8);
+    return true;
+  };
+  PrefillResponseDecoder decoder;
+  grpc::ByteBuffer buffer = Sliced(message, {});
+  absl::StatusOr<Kind> kind = decoder.Decode(&buffer, &placer);
+  ASSERT_FALSE(kind.ok());
+  EXPECT_EQ(kind.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(kind.status().message().find("after its payload"), std::string::npos);
+}
+
 TEST(PrefillResponseDecoderTest, RejectsBytesThatAreNotAResponse) {
   PrefillResponseDecoder decoder;
   // A KvChunk whose k claims more bytes than the message has, and plain
