@@ -1,14 +1,14 @@
 #include "decode_service/inspect_client.h"
 
-#include <algorithm>
-#include <atomic>
-#include <utility>
-
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/client_callback.h>
+
+#include <algorithm>
+#include <atomic>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "proto/convert/convert.h"
@@ -88,27 +88,9 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   }
 
   absl::Status ConsumeHeader(const v1::PrefillHeader& header) {
-    absl::StatusOr<ModelFingerprint> theirs = FromProto(header.fingerprint());
-    if (!theirs.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("prefill header fingerprint: ", theirs.status().message()));
-    }
-    PDSERVE_RETURN_IF_ERROR(CheckSameModel(expectation_->fingerprint, *theirs));
-    if (header.hidden_size() != expectation_->hidden_size ||
-        header.num_layers() != expectation_->num_layers) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("prefill header hidden_size/num_layers: prefill's ", header.hidden_size(),
-                       "/", header.num_layers(), ", ours ", expectation_->hidden_size, "/",
-                       expectation_->num_layers));
-    }
     result_.num_tokens = static_cast<int>(request_.token_ids.size());
-    if (header.num_tokens() != result_.num_tokens) {
-      return absl::InternalError(absl::StrCat("prefill header num_tokens: ", header.num_tokens(),
-                                              ", but the prompt has ", result_.num_tokens));
-    }
-    absl::StatusOr<DType> kv_dtype = FromProto(header.kv_dtype(), "prefill header kv_dtype");
-    if (!kv_dtype.ok()) return absl::InternalError(kv_dtype.status().message());
-    result_.kv_dtype = *kv_dtype;
+    PDSERVE_ASSIGN_OR_RETURN(result_.kv_dtype,
+                             CheckPrefillHeader(header, *expectation_, result_.num_tokens));
     const size_t rows = static_cast<size_t>(result_.num_tokens) * expectation_->hidden_size;
     for (int layer : request_.hidden_state_layers) {
       result_.hidden_states[layer].assign(rows, 0.0f);
@@ -170,18 +152,8 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
   absl::StatusOr<InspectPrefillResult> Outcome(const grpc::Status& status) {
     if (!error_.ok()) return error_;  // our verdict on the stream comes first
     if (!status.ok()) {
-      if (cancelled_) return absl::CancelledError("inspect prefill cancelled: the request ended");
-      switch (status.error_code()) {
-        case grpc::StatusCode::UNAVAILABLE:
-        case grpc::StatusCode::UNKNOWN:
-        case grpc::StatusCode::CANCELLED:  // not by us: the instance went away
-          return absl::UnavailableError(absl::StrCat(
-              have_header_ ? "prefill instance failed mid-stream" : "no prefill instance reachable",
-              ": ", status.error_message()));
-        default:
-          return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                              absl::StrCat("prefill: ", status.error_message()));
-      }
+      return PrefillStreamStatus(status, cancelled_, have_header_, context_.peer(),
+                                 "inspect prefill");
     }
     if (!have_header_ || !have_final_) {
       return absl::InternalError("inspect prefill stream ended without its header or final state");
@@ -218,13 +190,7 @@ class InspectStream final : public grpc::ClientReadReactor<v1::PrefillResponse>,
 InspectPrefillClient::InspectPrefillClient(const PrefillClientOptions& options,
                                            const PrefillExpectation& expectation)
     : expectation_(expectation) {
-  grpc::ChannelArguments args;
-  args.SetLoadBalancingPolicyName("round_robin");
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  PinCallbackCompletionQueue();  // before any callback call: see callback_cq_pin.h
-  channel_ =
-      grpc::CreateCustomChannel(options.channel_target, grpc::InsecureChannelCredentials(), args);
+  channel_ = MakePrefillChannel(options.channel_target, options.max_message_bytes);
   stub_ = v1::PrefillService::NewStub(channel_);
 }
 

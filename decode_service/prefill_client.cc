@@ -36,26 +36,6 @@ const std::string& PrefillMethodName() {
   return *name;
 }
 
-grpc::ChannelArguments PrefillChannelArguments(int max_message_bytes) {
-  grpc::ChannelArguments args;
-  args.SetLoadBalancingPolicyName("round_robin");
-  args.SetMaxReceiveMessageSize(max_message_bytes);
-  args.SetMaxSendMessageSize(max_message_bytes);
-  return args;
-}
-
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, int max_message_bytes) {
-  PinCallbackCompletionQueue();  // before any callback call: see callback_cq_pin.h
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
-                                   PrefillChannelArguments(max_message_bytes));
-}
-
-absl::Status CheckLayoutField(const char* field, int theirs, int ours) {
-  if (theirs == ours) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("prefill header ", field, ": prefill's ", theirs, ", ours ", ours));
-}
-
 // One Prefill stream: one attempt of a job (FailoverCall below makes the
 // attempts). Owns itself from Begin until OnDone (gRPC needs the reactor alive
 // that long); `job` must outlive OnDone. The server-streaming Prefill is
@@ -144,28 +124,8 @@ class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, g
   }
 
   absl::Status ConsumeHeader(const v1::PrefillHeader& header) {
-    absl::StatusOr<ModelFingerprint> theirs = FromProto(header.fingerprint());
-    if (!theirs.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("prefill header fingerprint: ", theirs.status().message()));
-    }
-    PDSERVE_RETURN_IF_ERROR(CheckSameModel(expectation_->fingerprint, *theirs));
-    PDSERVE_RETURN_IF_ERROR(
-        CheckLayoutField("num_layers", header.num_layers(), expectation_->num_layers));
-    PDSERVE_RETURN_IF_ERROR(
-        CheckLayoutField("num_kv_heads", header.num_kv_heads(), expectation_->num_kv_heads));
-    PDSERVE_RETURN_IF_ERROR(
-        CheckLayoutField("head_dim", header.head_dim(), expectation_->head_dim));
-    PDSERVE_RETURN_IF_ERROR(
-        CheckLayoutField("hidden_size", header.hidden_size(), expectation_->hidden_size));
     num_tokens_ = static_cast<int>(job_.token_ids.size());
-    if (header.num_tokens() != num_tokens_) {
-      return absl::InternalError(absl::StrCat("prefill header num_tokens: ", header.num_tokens(),
-                                              ", but the prompt has ", num_tokens_, " tokens"));
-    }
-    absl::StatusOr<DType> kv_dtype = FromProto(header.kv_dtype(), "prefill header kv_dtype");
-    if (!kv_dtype.ok()) return absl::InternalError(kv_dtype.status().message());
-    kv_dtype_ = *kv_dtype;
+    PDSERVE_ASSIGN_OR_RETURN(kv_dtype_, CheckPrefillHeader(header, *expectation_, num_tokens_));
     token_bytes_ = static_cast<size_t>(expectation_->num_kv_heads) * expectation_->head_dim *
                    DTypeSize(kv_dtype_);
     received_.assign(static_cast<size_t>(expectation_->num_layers) * num_tokens_, false);
@@ -264,24 +224,7 @@ class PrefillStream final : public grpc::ClientBidiReactor<v1::PrefillRequest, g
   absl::StatusOr<PrefillResult> Outcome(const grpc::Status& status) {
     if (!error_.ok()) return error_;  // our verdict on the stream comes first
     if (!status.ok()) {
-      if (cancelled_) return absl::CancelledError("prefill cancelled: the request ended");
-      const std::string where = context_.peer().empty() ? "" : " (" + context_.peer() + ")";
-      switch (status.error_code()) {
-        case grpc::StatusCode::UNAVAILABLE:
-        case grpc::StatusCode::UNKNOWN:
-        case grpc::StatusCode::CANCELLED:  // not by us: the instance went away
-          return absl::UnavailableError(absl::StrCat(
-              have_header_ ? "prefill instance failed mid-stream" : "no prefill instance reachable",
-              where, ": ", status.error_message()));
-        case grpc::StatusCode::DEADLINE_EXCEEDED:
-          return absl::DeadlineExceededError(
-              absl::StrCat("prefill did not finish before its deadline (the request's deadline or "
-                           "--prefill_timeout_ms)",
-                           where, ": ", status.error_message()));
-        default:
-          return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                              absl::StrCat("prefill", where, ": ", status.error_message()));
-      }
+      return PrefillStreamStatus(status, cancelled_, have_header_, context_.peer(), "prefill");
     }
     if (!have_header_) return absl::InternalError("prefill stream ended without a header");
     const int64_t expected = static_cast<int64_t>(expectation_->num_layers) * num_tokens_;
@@ -483,22 +426,11 @@ class FailoverCall final : public PrefillCall, public std::enable_shared_from_th
 
 }  // namespace
 
-PrefillExpectation PrefillExpectation::For(const ModelConfig& config,
-                                           const ModelFingerprint& fingerprint) {
-  PrefillExpectation expectation;
-  expectation.fingerprint = fingerprint;
-  expectation.num_layers = config.num_layers;
-  expectation.num_kv_heads = config.num_kv_heads;
-  expectation.head_dim = config.head_dim;
-  expectation.hidden_size = config.hidden_size;
-  return expectation;
-}
-
 PrefillClient::PrefillClient(const PrefillClientOptions& options,
                              const PrefillExpectation& expectation)
     : options_(options),
       expectation_(expectation),
-      channel_(MakeChannel(options.channel_target, options.max_message_bytes)),
+      channel_(MakePrefillChannel(options.channel_target, options.max_message_bytes)),
       stub_(std::make_unique<PrefillRawStub>(channel_)) {}
 
 std::shared_ptr<PrefillCall> PrefillClient::Start(PrefillJob job, PrefillDone done) {
@@ -515,7 +447,7 @@ absl::Status CheckPrefillTargets(const std::vector<std::string>& addresses,
   for (const std::string& address : addresses) {
     PDSERVE_ASSIGN_OR_RETURN(std::string target, PrefillChannelTarget({address}));
     std::unique_ptr<v1::PrefillService::Stub> stub =
-        v1::PrefillService::NewStub(MakeChannel(target, max_message_bytes));
+        v1::PrefillService::NewStub(MakePrefillChannel(target, max_message_bytes));
     grpc::ClientContext context;
     context.set_wait_for_ready(true);  // a starting instance gets until the deadline
     context.set_deadline(absl::ToChronoTime(deadline));

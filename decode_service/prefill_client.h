@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "decode_service/prefill_runner.h"
+#include "decode_service/prefill_stream_checks.h"
 #include "pdserve/v1/prefill.grpc.pb.h"
 #include "shared/model_config.h"
 #include "shared/model_fingerprint.h"
@@ -39,18 +40,6 @@ struct PrefillClientOptions {
   // KV bytes received and retries are counted here when set; must outlive
   // the client.
   DecodeMetrics* metrics = nullptr;
-};
-
-// What a prefill stream must agree with: our fingerprint and the KV layout
-// our model implies.
-struct PrefillExpectation {
-  ModelFingerprint fingerprint;
-  int num_layers = 0;
-  int num_kv_heads = 0;
-  int head_dim = 0;
-  int hidden_size = 0;
-
-  static PrefillExpectation For(const ModelConfig& config, const ModelFingerprint& fingerprint);
 };
 
 // Runs each prefill as one callback-API stream (no thread per request). A
