@@ -1,15 +1,15 @@
 #include "decode_service/decode_server.h"
 
+#include <glog/logging.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
 #include <chrono>
 #include <deque>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <utility>
-
-#include <glog/logging.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
 #include "proto/convert/convert.h"
@@ -186,12 +186,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   GenerateCallMetrics metrics_;
 
   std::mutex mu_;
-  std::optional<Engine::RequestId> id_;           // guarded by mu_; set once submitted
-  std::deque<v1::GenerateResponse> pending_;      // guarded by mu_; front is in flight
-  bool writing_ = false;                          // guarded by mu_
-  bool write_failed_ = false;                     // guarded by mu_
-  bool finish_called_ = false;                    // guarded by mu_
-  std::optional<grpc::Status> final_status_;      // guarded by mu_
+  std::optional<Engine::RequestId> id_;       // guarded by mu_; set once submitted
+  std::deque<v1::GenerateResponse> pending_;  // guarded by mu_; front is in flight
+  bool writing_ = false;                      // guarded by mu_
+  bool write_failed_ = false;                 // guarded by mu_
+  bool finish_called_ = false;                // guarded by mu_
+  std::optional<grpc::Status> final_status_;  // guarded by mu_
 };
 
 v1::ModelInfo MakeModelInfo(ServingModel& model) {
@@ -247,6 +247,16 @@ grpc::ServerUnaryReactor* DecodeServer::Tokenize(grpc::CallbackServerContext* co
                                                  v1::TokenizeResponse* response) {
   const Tokenizer& tokenizer = model_->tokenizer();
   const bool add_bos = request->has_add_bos() ? request->add_bos() : model_->config().add_bos_token;
+  // The same cap as a prompt's: tokenizing runs on gRPC's threads.
+  if (const int64_t max_bytes = MaxPromptBytes(limits_, model_->config());
+      static_cast<int64_t>(request->text().size()) > max_bytes) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("text: ", request->text().size(), " bytes exceed the limit of ",
+                                  max_bytes, " bytes (--max_prompt_bytes)")));
+    return reactor;
+  }
   for (int32_t id : tokenizer.Encode(request->text(), add_bos)) {
     response->add_token_ids(id);
     response->add_pieces(tokenizer.IdToPiece(id));
@@ -276,8 +286,8 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const GrpcServerOp
   for (grpc::Service* more : options.more_services) builder.RegisterService(more);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || *bound_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on '", options.listen, "' (--listen): address in use or invalid"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen,
+                                               "' (--listen): address in use or invalid"));
   }
   return server;
 }

@@ -51,6 +51,9 @@ ABSL_FLAG(int, max_new_tokens_cap, 2048, "largest max_new_tokens a request may a
 ABSL_FLAG(int, default_max_new_tokens, 128, "max_new_tokens for requests that give 0");
 ABSL_FLAG(int, max_samples, 16,
           "largest output.n (samples of one prompt); at most --max_batch_size");
+ABSL_FLAG(int64_t, max_prompt_bytes, 0,
+          "largest prompt text (or all chat messages' contents) in bytes, refused before "
+          "tokenizing; 0: 64 bytes per token of the model's context");
 ABSL_FLAG(int, max_queue, 256, "requests that may wait for KV blocks before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, prefill_timeout_ms, 60000, "deadline of one prefill call");
 ABSL_FLAG(int, prefill_connect_timeout_ms, 30000,
@@ -97,9 +100,11 @@ absl::Status ValidateFlags() {
     if (!status.ok()) return status;
   }
   if (absl::GetFlag(FLAGS_kv_cache_blocks) < 0 || absl::GetFlag(FLAGS_max_queue) < 0 ||
-      absl::GetFlag(FLAGS_prefill_max_chunk_bytes) < 0) {
+      absl::GetFlag(FLAGS_prefill_max_chunk_bytes) < 0 ||
+      absl::GetFlag(FLAGS_max_prompt_bytes) < 0) {
     return absl::InvalidArgumentError(
-        "--kv_cache_blocks, --max_queue and --prefill_max_chunk_bytes must not be negative");
+        "--kv_cache_blocks, --max_queue, --prefill_max_chunk_bytes and --max_prompt_bytes must "
+        "not be negative");
   }
   if (absl::GetFlag(FLAGS_max_samples) > absl::GetFlag(FLAGS_max_batch_size)) {
     // A request's samples step together in one batch.
@@ -221,6 +226,7 @@ int Run(const StopSignals& stop_signals) {
   limits.max_new_tokens_cap = absl::GetFlag(FLAGS_max_new_tokens_cap);
   limits.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   limits.max_samples = absl::GetFlag(FLAGS_max_samples);
+  limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
   DecodeServer service(model->get(), &engine, limits, &metrics);
   // Inspect: hidden states from a prefill instance over its own client.
   InspectPrefillClient inspect_prefill(prefill_options,

@@ -16,15 +16,15 @@ absl::Status CheckStopping(const v1::StoppingCriteria& stopping, const ModelConf
                            const RequestLimits& limits) {
   if (stopping.stop_token_ids_size() > limits.max_stop_token_ids) {
     return absl::InvalidArgumentError(
-        absl::StrCat("stopping.stop_token_ids: ", stopping.stop_token_ids_size(),
-                     " ids; at most ", limits.max_stop_token_ids, " are allowed"));
+        absl::StrCat("stopping.stop_token_ids: ", stopping.stop_token_ids_size(), " ids; at most ",
+                     limits.max_stop_token_ids, " are allowed"));
   }
   for (int i = 0; i < stopping.stop_token_ids_size(); ++i) {
     const int32_t id = stopping.stop_token_ids(i);
     if (id < 0 || id >= config.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("stopping.stop_token_ids[", i, "]: ", id, " outside [0, ",
-                       config.vocab_size, ") (the model's vocab_size)"));
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids[", i, "]: ", id,
+                                                     " outside [0, ", config.vocab_size,
+                                                     ") (the model's vocab_size)"));
     }
   }
   const std::vector<std::string> stops(stopping.stop().begin(), stopping.stop().end());
@@ -44,9 +44,9 @@ absl::Status CheckOutput(const v1::OutputOptions& output, const RequestLimits& l
   }
   if (output.has_prompt_logprobs() &&
       (output.prompt_logprobs() < 0 || output.prompt_logprobs() > kMaxTopLogprobs)) {
-    return absl::InvalidArgumentError(absl::StrCat("output.prompt_logprobs: ",
-                                                   output.prompt_logprobs(), " outside [0, ",
-                                                   kMaxTopLogprobs, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("output.prompt_logprobs: ", output.prompt_logprobs(), " outside [0, ",
+                     kMaxTopLogprobs, "]"));
   }
   if (output.n() < 0 || output.n() > limits.max_samples) {
     return absl::InvalidArgumentError(absl::StrCat("output.n: ", output.n(), " outside [0, ",
@@ -82,6 +82,12 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(const v1::GenerateRequ
   return ValidateGenerateRequest(request, tokenizer, config, no_chat, limits, fallback_seed);
 }
 
+int64_t MaxPromptBytes(const RequestLimits& limits, const ModelConfig& config) {
+  constexpr int64_t kDefaultBytesPerToken = 64;
+  if (limits.max_prompt_bytes > 0) return limits.max_prompt_bytes;
+  return kDefaultBytesPerToken * std::max(1, config.max_position_embeddings);
+}
+
 absl::StatusOr<GenerationRequest> ValidateGenerateRequest(
     const v1::GenerateRequest& request, const Tokenizer& tokenizer, const ModelConfig& config,
     const absl::StatusOr<ChatFormat>& chat_format, const RequestLimits& limits,
@@ -97,6 +103,19 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(
   if (chat && request.has_add_bos()) {
     return absl::InvalidArgumentError(
         "add_bos: applies to prompt only; with messages the chat format decides about BOS");
+  }
+  int64_t text_bytes = static_cast<int64_t>(request.prompt().size());
+  if (chat) {
+    text_bytes = 0;
+    for (const v1::ChatMessage& message : request.messages().messages()) {
+      text_bytes += static_cast<int64_t>(message.content().size());
+    }
+  }
+  if (const int64_t max_bytes = MaxPromptBytes(limits, config); text_bytes > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(chat ? "messages" : "prompt", ": ", text_bytes,
+                                                   " bytes of text exceed the limit of ", max_bytes,
+                                                   " bytes (--max_prompt_bytes; the context holds ",
+                                                   config.max_position_embeddings, " tokens)"));
   }
 
   GenerationRequest out;
@@ -118,10 +137,10 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(
 
   const int requested = request.stopping().max_new_tokens();
   if (requested < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stopping.max_new_tokens: ", requested, " is negative (allowed 1..",
-        limits.max_new_tokens_cap, ", or 0 for the server default of ",
-        limits.default_max_new_tokens, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("stopping.max_new_tokens: ", requested, " is negative (allowed 1..",
+                     limits.max_new_tokens_cap, ", or 0 for the server default of ",
+                     limits.default_max_new_tokens, ")"));
   }
   out.ignore_eos = request.stopping().ignore_eos();
   absl::Status stopping_ok = CheckStopping(request.stopping(), config, limits);
@@ -160,15 +179,19 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(
     return absl::InvalidArgumentError(absl::StrCat(input, ": encodes to no tokens"));
   }
   if (prompt_tokens >= context) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        input, ": ", prompt_tokens, " tokens leave no room for a new token within the context "
-        "limit of ", context, " tokens (max_position_embeddings)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(input, ": ", prompt_tokens,
+                     " tokens leave no room for a new token within the context "
+                     "limit of ",
+                     context, " tokens (max_position_embeddings)"));
   }
   if (requested > 0 && prompt_tokens + requested > context) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stopping.max_new_tokens: ", requested, " new tokens after a prompt of ", prompt_tokens,
-        " tokens exceed the context limit of ", context, " tokens (max_position_embeddings; at "
-        "most ", context - prompt_tokens, " fit)"));
+    return absl::InvalidArgumentError(absl::StrCat("stopping.max_new_tokens: ", requested,
+                                                   " new tokens after a prompt of ", prompt_tokens,
+                                                   " tokens exceed the context limit of ", context,
+                                                   " tokens (max_position_embeddings; at "
+                                                   "most ",
+                                                   context - prompt_tokens, " fit)"));
   }
   if (requested > limits.max_new_tokens_cap) {
     return absl::InvalidArgumentError(
@@ -176,8 +199,7 @@ absl::StatusOr<GenerationRequest> ValidateGenerateRequest(
                      limits.max_new_tokens_cap, " (--max_new_tokens_cap)"));
   }
   out.max_new_tokens =
-      requested > 0 ? requested
-                    : std::min(limits.default_max_new_tokens, context - prompt_tokens);
+      requested > 0 ? requested : std::min(limits.default_max_new_tokens, context - prompt_tokens);
   return out;
 }
 

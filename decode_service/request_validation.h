@@ -22,11 +22,23 @@ struct RequestLimits {
   int max_stop_strings = 16;         // entries of stopping.stop
   int max_stop_bytes = 256;          // bytes of one stop string
   int max_stop_token_ids = 64;       // entries of stopping.stop_token_ids
+  // Bytes of prompt text (or of all messages' contents) accepted before
+  // tokenizing: tokenizing is the one step whose cost grows with the text,
+  // and it runs on gRPC's threads, so an oversized prompt must not reach it
+  // (a 16 MB prompt held other callers for ~15 s). 0: 64 bytes per token of
+  // max_position_embeddings (32 KiB for a 512-token context), far more
+  // than any prompt that fits needs. --max_prompt_bytes.
+  int64_t max_prompt_bytes = 0;
 };
+
+// limits.max_prompt_bytes, or its default for `config` when 0.
+int64_t MaxPromptBytes(const RequestLimits& limits, const ModelConfig& config);
 
 // INVALID_ARGUMENT naming the field and its limit, checked in this order:
 //   prompt / messages    neither given, an empty prompt, or an empty
-//                        messages list; add_bos set together with messages
+//                        messages list; add_bos set together with messages;
+//                        more text than MaxPromptBytes (checked before
+//                        anything is tokenized)
 //   sampling.*           ValidateSamplingParams (temperature >= 0 and finite,
 //                        top_k >= 0, top_p in (0, 1], repetition_penalty > 0,
 //                        min_p in [0, 1], presence_penalty and

@@ -15,6 +15,7 @@ namespace pdserve {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class RequestValidationTest : public ::testing::Test {
  protected:
@@ -109,6 +110,31 @@ TEST_F(RequestValidationTest, APromptThatFillsTheContextIsRejected) {
   absl::StatusOr<GenerationRequest> out = Validate(request);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(out.status().message(), HasSubstr("prompt: 512 tokens"));
+}
+
+// Text beyond the byte cap is refused before tokenizing; the default cap is
+// 64 bytes per context token (stories260K: 512 tokens, 32768 bytes).
+TEST_F(RequestValidationTest, PromptTextOverTheByteCapIsRefused) {
+  ASSERT_EQ(config_.max_position_embeddings, 512);
+  EXPECT_EQ(MaxPromptBytes(limits_, config_), 64 * 512);
+  v1::GenerateRequest request;
+  request.set_prompt(std::string(64 * 512 + 1, 'a'));
+  absl::StatusOr<GenerationRequest> out = Validate(request);
+  ASSERT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(),
+              HasSubstr("prompt: 32769 bytes of text exceed the limit of 32768 bytes"));
+  // At the cap it goes on to tokenizing (and then to the token limit).
+  request.set_prompt(std::string(64 * 512, 'a'));
+  out = Validate(request);
+  ASSERT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("max_position_embeddings"));
+  EXPECT_THAT(out.status().message(), Not(HasSubstr("bytes of text")));
+  // A set limit replaces the default.
+  limits_.max_prompt_bytes = 10;
+  request.set_prompt("Once upon a time");
+  out = Validate(request);
+  ASSERT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("16 bytes of text exceed the limit of 10"));
 }
 
 TEST_F(RequestValidationTest, MaxNewTokensBounds) {
