@@ -22,6 +22,12 @@
 // block once the stream ends, and the finish reasons of all samples. --chat
 // sends --prompt (or stdin) as messages: [{"role":"user","content":"..."}]. On an RPC error it
 // prints the gRPC status code name and message on stderr and exits 1; 2 for a usage error.
+#include <google/protobuf/text_format.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -32,12 +38,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <google/protobuf/text_format.h>
-#include <grpcpp/client_context.h>
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-#include <grpcpp/support/channel_arguments.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -54,6 +54,7 @@
 #include "cli/inspect_format.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/inspect.grpc.pb.h"
+#include "shared/flags_help.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50052", "Decode service address, HOST:PORT");
 ABSL_FLAG(std::string, prompt, "", "generate: the prompt text");
@@ -155,6 +156,12 @@ int Generate(std::vector<std::string> stops) {
   options.logprobs = absl::GetFlag(FLAGS_logprobs);
   options.prompt_logprobs = absl::GetFlag(FLAGS_prompt_logprobs);
   options.n = absl::GetFlag(FLAGS_n);
+  if (options.prompt.empty()) {
+    std::fprintf(stderr,
+                 "pdserve-cli generate: --prompt is required (or --chat with messages as "
+                 "JSON on stdin)\n");
+    return 2;
+  }
   absl::StatusOr<v1::GenerateRequest> request = BuildGenerateRequest(options);
   if (!request.ok()) {
     std::fprintf(stderr, "pdserve-cli: %s\n", std::string(request.status().message()).c_str());
@@ -212,7 +219,8 @@ int Generate(std::vector<std::string> stops) {
   if (!streaming) {
     std::fputs(FormatSamples(samples, options.logprobs).c_str(), stdout);
   } else if (options.logprobs >= 0) {
-    for (const v1::GenerateResponse& r : responses) std::fputs(FormatLogprobLine(r).c_str(), stdout);
+    for (const v1::GenerateResponse& r : responses)
+      std::fputs(FormatLogprobLine(r).c_str(), stdout);
   }
   const v1::GenerateResponse last = messages > 0 ? responses.back() : v1::GenerateResponse();
   const int tokens = last.usage().total_generated_tokens() > 0
@@ -221,8 +229,13 @@ int Generate(std::vector<std::string> stops) {
   std::string ttft = "-";
   std::string rate = "-";
   if (messages > 0) ttft = absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(first_at - start));
-  // The first token's time is the prefill; the rate covers the decode steps.
-  if (messages > 1 && last_at > first_at) {
+  // The first token's time is the prefill; the rate covers the decode steps,
+  // timed by the server (first to last token): tokens that reach this client
+  // in one read arrive at the same instant, so its own clock can show
+  // absurd rates for short runs. The client's clock is the fallback.
+  if (tokens > 1 && last.has_timings() && last.timings().decode_ms() > 0) {
+    rate = absl::StrFormat("%.1f", (tokens - 1) / (last.timings().decode_ms() / 1e3));
+  } else if (messages > 1 && last_at > first_at) {
     rate = absl::StrFormat("%.1f", (messages - 1) / absl::ToDoubleSeconds(last_at - first_at));
   }
   std::vector<std::string> finishes;
@@ -255,7 +268,8 @@ int Info() {
   v1::ModelInfo response;
   grpc::ClientContext context;
   ApplyTimeout(&context);
-  const grpc::Status status = NewStub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &response);
+  const grpc::Status status =
+      NewStub()->GetModelInfo(&context, v1::GetModelInfoRequest(), &response);
   if (!status.ok()) return ReportError(status);
   std::string text;
   google::protobuf::TextFormat::PrintToString(response, &text);
@@ -313,6 +327,7 @@ int main(int argc, char** argv) {
                  std::string(stops.status().message()).c_str(), pdserve::kUsage);
     return 2;
   }
+  pdserve::ShowMainFlagsInHelp();
   const std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() > 1) {

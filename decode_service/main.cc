@@ -26,6 +26,7 @@
 #include "decode_service/serving_model.h"
 #include "kernels/backend_factory.h"
 #include "shared/allocator_tuning.h"
+#include "shared/flags_help.h"
 #include "shared/kv_cache.h"
 #include "shared/metrics.h"
 #include "shared/port_file.h"
@@ -307,6 +308,7 @@ int main(int argc, char** argv) {
   const pdserve::StopSignals stop_signals;
   absl::SetProgramUsageMessage(
       "pdserve-decode --model_dir DIR --prefill_target ADDR[,ADDR...] [--listen HOST:PORT]");
+  pdserve::ShowMainFlagsInHelp();
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);

@@ -7,18 +7,17 @@
 // calls; logs go to stderr. SIGINT / SIGTERM: health turns NOT_SERVING,
 // calls in flight get a few seconds, then the process exits 0.
 #include <glog/logging.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -32,6 +31,7 @@
 #include "prefill_service/prefill_metrics.h"
 #include "prefill_service/prefill_server.h"
 #include "shared/allocator_tuning.h"
+#include "shared/flags_help.h"
 #include "shared/metrics.h"
 #include "shared/port_file.h"
 #include "shared/status_macros.h"
@@ -82,7 +82,8 @@ absl::Status Serve(const StopSignals& stop_signals) {
   options.max_chunk_bytes = absl::GetFlag(FLAGS_max_chunk_bytes);
   // A chunk also carries a few header bytes; FinalHidden is far smaller.
   constexpr int64_t kMessageOverhead = 64 << 10;
-  if (max_message_bytes > INT32_MAX || options.max_chunk_bytes + kMessageOverhead > max_message_bytes) {
+  if (max_message_bytes > INT32_MAX ||
+      options.max_chunk_bytes + kMessageOverhead > max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_message_bytes: ", max_message_bytes, " must be at least --max_chunk_bytes (",
         options.max_chunk_bytes, ") + ", kMessageOverhead, " and at most ", INT32_MAX));
@@ -95,11 +96,11 @@ absl::Status Serve(const StopSignals& stop_signals) {
   engine_options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   if (engine_options.max_batch_tokens < 1 || engine_options.chunk_tokens < 0 ||
       engine_options.max_queued_requests < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_prefill_batch_tokens (", engine_options.max_batch_tokens,
-        ") and --max_queued_requests (", engine_options.max_queued_requests,
-        ") must be positive, --prefill_chunk_tokens (", engine_options.chunk_tokens,
-        ") not negative"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_prefill_batch_tokens (", engine_options.max_batch_tokens,
+                     ") and --max_queued_requests (", engine_options.max_queued_requests,
+                     ") must be positive, --prefill_chunk_tokens (", engine_options.chunk_tokens,
+                     ") not negative"));
   }
   PDSERVE_ASSIGN_OR_RETURN(engine_options.cpu_backend.weight_dtype,
                            ParseCpuWeightDtype(absl::GetFlag(FLAGS_cpu_weight_dtype)));
@@ -173,6 +174,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves pdserve.v1.PrefillService.\n  pdserve-prefill --model_dir DIR [--listen HOST:PORT] "
       "[--device cpu|cuda|auto] [--port_file PATH]");
+  pdserve::ShowMainFlagsInHelp();
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);

@@ -428,8 +428,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* PrefillServer::Prefill(
   return new PrefillReactor(
       this, request,
       parsed.ok() ? absl::OkStatus()
-                  : absl::InvalidArgumentError(absl::StrCat("PrefillRequest: not a valid message (",
-                                                            parsed.error_message(), ")")));
+                  : absl::InvalidArgumentError(absl::StrCat(
+                        "PrefillRequest: the request bytes are not a valid message",
+                        parsed.error_message().empty() ? "" : ": ", parsed.error_message())));
 }
 
 grpc::ServerUnaryReactor* PrefillServer::GetModelInfo(grpc::CallbackServerContext* context,

@@ -9,6 +9,7 @@
 #include "bench/load_generator/bench_config.h"
 #include "bench/load_generator/bench_runner.h"
 #include "shared/allocator_tuning.h"
+#include "shared/flags_help.h"
 
 ABSL_FLAG(std::string, target, "", "Decode service address (host:port), e.g. 127.0.0.1:50051");
 ABSL_FLAG(int, concurrency, 0,
@@ -81,6 +82,7 @@ int main(int argc, char** argv) {
       "Load generator for pdserve's GenerateService.\n"
       "  pdserve-bench --target 127.0.0.1:50051 --concurrency 8 --num_requests 200 "
       "--json_out out.json");
+  pdserve::ShowMainFlagsInHelp();
   absl::ParseCommandLine(argc, argv);
   pdserve::bench::BenchConfig config = ConfigFromFlags();
   if (absl::Status status = pdserve::bench::ValidateAndComplete(config); !status.ok()) {

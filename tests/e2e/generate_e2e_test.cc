@@ -3,6 +3,7 @@
 // pdserve-cli. Greedy output is checked against the continuation published
 // with the bundled stories260K model (models/stories260K/README.md), which
 // two independent implementations produced.
+#include <grpcpp/client_context.h>
 #include <stdio.h>
 #include <sys/wait.h>
 
@@ -10,8 +11,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/client_context.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -55,16 +54,20 @@ absl::StatusOr<Deployment> StartDeployment(const std::string& model_dir,
   Deployment deployment;
   e2e::ServiceProcessOptions prefill_options;
   prefill_options.binary = PDSERVE_PREFILL_BIN;
-  prefill_options.args = {"--model_dir",
-                          prefill_model_dir.empty() ? model_dir : prefill_model_dir, "--device",
-                          "cpu"};
+  prefill_options.args = {"--model_dir", prefill_model_dir.empty() ? model_dir : prefill_model_dir,
+                          "--device", "cpu"};
   auto prefill = e2e::ServiceProcess::Start(prefill_options);
   if (!prefill.ok()) return prefill.status();
   deployment.prefill = std::move(*prefill);
   e2e::ServiceProcessOptions decode_options;
   decode_options.binary = PDSERVE_DECODE_BIN;
-  decode_options.args = {"--model_dir", model_dir, "--device", "cpu", "--prefill_target",
-                         deployment.prefill->address(), "--max_new_tokens_cap",
+  decode_options.args = {"--model_dir",
+                         model_dir,
+                         "--device",
+                         "cpu",
+                         "--prefill_target",
+                         deployment.prefill->address(),
+                         "--max_new_tokens_cap",
                          absl::StrCat(kMaxNewTokensCap)};
   auto decode = e2e::ServiceProcess::Start(decode_options);
   if (!decode.ok()) return decode.status();
@@ -181,7 +184,8 @@ TEST_F(GenerateE2eTest, Tokenize) {
   ASSERT_EQ(response.pieces_size(), 5);
   EXPECT_EQ(response.pieces(0), "<s>");
   EXPECT_EQ(absl::StrJoin(response.pieces().begin() + 1, response.pieces().end(), ""),
-            "\xe2\x96\x81Once\xe2\x96\x81upon\xe2\x96\x81" "a\xe2\x96\x81time");
+            "\xe2\x96\x81Once\xe2\x96\x81upon\xe2\x96\x81"
+            "a\xe2\x96\x81time");
 
   v1::TokenizeRequest no_bos;
   no_bos.set_text(kPrompt);
@@ -211,8 +215,8 @@ TEST_F(GenerateE2eTest, HealthAndReflection) {
   EXPECT_TRUE(e2e::WaitForServing(channel, absl::Seconds(5)).ok());
   auto services = e2e::ListServicesByReflection(channel, absl::Seconds(10));
   ASSERT_TRUE(services.ok()) << services.status();
-  EXPECT_THAT(*services, ::testing::IsSupersetOf({"grpc.health.v1.Health",
-                                                  "pdserve.v1.GenerateService"}));
+  EXPECT_THAT(*services,
+              ::testing::IsSupersetOf({"grpc.health.v1.Health", "pdserve.v1.GenerateService"}));
 }
 
 TEST_F(GenerateE2eTest, CliGeneratePrintsTextAndTimingLine) {
@@ -223,8 +227,9 @@ TEST_F(GenerateE2eTest, CliGeneratePrintsTextAndTimingLine) {
       &output);
   EXPECT_EQ(code, 0) << output;
   EXPECT_THAT(output, HasSubstr(absl::StrCat(kPrompt, ", ", kExpected)));
-  EXPECT_THAT(output, ::testing::ContainsRegex(
-                          R"(\[ttft [0-9.]+ ms \| 16 tokens \| [0-9.]+ tokens/s \| finish: length\])"));
+  EXPECT_THAT(output,
+              ::testing::ContainsRegex(
+                  R"(\[ttft [0-9.]+ ms \| 16 tokens \| [0-9.]+ tokens/s \| finish: length\])"));
 
   output.clear();
   EXPECT_EQ(RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " tokenize --target ",
@@ -235,10 +240,10 @@ TEST_F(GenerateE2eTest, CliGeneratePrintsTextAndTimingLine) {
   EXPECT_THAT(output, HasSubstr("[1, 403, 407, 261, 378]"));
 
   output.clear();
-  EXPECT_EQ(RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " info --target ",
-                                    deployment_->decode->address()),
-                       &output),
-            0)
+  EXPECT_EQ(
+      RunCommand(absl::StrCat(PDSERVE_CLI_BIN, " info --target ", deployment_->decode->address()),
+                 &output),
+      0)
       << output;
   EXPECT_THAT(output, HasSubstr("LlamaForCausalLM"));
 }
@@ -254,6 +259,29 @@ TEST_F(GenerateE2eTest, CliReportsStatusCodeAndFailsOnBadRequest) {
   EXPECT_THAT(output, HasSubstr("temperature"));
 }
 
+// A missing --prompt is the caller's usage error (exit 2, naming the flag),
+// caught before any call.
+TEST_F(GenerateE2eTest, CliWithoutPromptIsAUsageError) {
+  std::string output;
+  const int code = RunCommand(
+      absl::StrCat(PDSERVE_CLI_BIN, " generate --target ", deployment_->decode->address()),
+      &output);
+  EXPECT_EQ(code, 2) << output;
+  EXPECT_THAT(output, HasSubstr("--prompt is required"));
+}
+
+// An oversized prompt is refused before tokenizing, naming the flag.
+TEST_F(GenerateE2eTest, PromptOverTheByteCapIsInvalidArgument) {
+  v1::GenerateRequest request = GreedyRequest(std::string(1 << 20, 'a'), 4);
+  GenerateResult result = CallGenerate(*stub_, request);
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(result.status.error_message(), HasSubstr("--max_prompt_bytes"));
+  // The service still serves.
+  result = CallGenerate(*stub_, GreedyRequest(kPrompt, 16));
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_THAT(result.text, HasSubstr(kExpected));
+}
+
 TEST_F(GenerateE2eTest, ConcurrentGreedyCallsAllGetTheReferenceText) {
   constexpr int kCalls = 8;
   std::vector<GenerateResult> results(kCalls);
@@ -263,7 +291,8 @@ TEST_F(GenerateE2eTest, ConcurrentGreedyCallsAllGetTheReferenceText) {
   }
   for (std::thread& thread : threads) thread.join();
   for (int i = 0; i < kCalls; ++i) {
-    ASSERT_TRUE(results[i].status.ok()) << "call " << i << ": " << results[i].status.error_message();
+    ASSERT_TRUE(results[i].status.ok())
+        << "call " << i << ": " << results[i].status.error_message();
     EXPECT_THAT(results[i].text, HasSubstr(kExpected)) << "call " << i;
     EXPECT_THAT(results[i].ids, ElementsAreArray(kReferenceIds)) << "call " << i;
   }
@@ -286,14 +315,18 @@ TEST_F(GenerateE2eTest, BadRequestsAreInvalidArgumentNamingTheField) {
   add("beyond the context", {"max_new_tokens", "512"},
       [](v1::GenerateRequest& r) { r.mutable_stopping()->set_max_new_tokens(510); });
   add("above the cap", {"max_new_tokens", absl::StrCat(kMaxNewTokensCap)},
-      [](v1::GenerateRequest& r) { r.mutable_stopping()->set_max_new_tokens(kMaxNewTokensCap + 1); });
+      [](v1::GenerateRequest& r) {
+        r.mutable_stopping()->set_max_new_tokens(kMaxNewTokensCap + 1);
+      });
   add("negative max_new_tokens", {"max_new_tokens"},
       [](v1::GenerateRequest& r) { r.mutable_stopping()->set_max_new_tokens(-1); });
   add("negative temperature", {"temperature"},
       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-0.5f); });
   add("top_p 0", {"top_p"}, [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(0.0f); });
-  add("top_p 1.5", {"top_p"}, [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(1.5f); });
-  add("negative top_k", {"top_k"}, [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_k(-1); });
+  add("top_p 1.5", {"top_p"},
+      [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(1.5f); });
+  add("negative top_k", {"top_k"},
+      [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_k(-1); });
   add("repetition_penalty 0", {"repetition_penalty"},
       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_repetition_penalty(0.0f); });
   for (const Case& c : cases) {
@@ -392,7 +425,8 @@ TEST(GenerateE2eMismatchTest, PrefillOfAnotherModelIsRefused) {
   // the architectures appear nowhere else in the message or the command line.
   if (!deployment.ok()) {
     EXPECT_THAT(deployment.status().message(), HasSubstr("Phi3ForCausalLM")) << deployment.status();
-    EXPECT_THAT(deployment.status().message(), HasSubstr("LlamaForCausalLM")) << deployment.status();
+    EXPECT_THAT(deployment.status().message(), HasSubstr("LlamaForCausalLM"))
+        << deployment.status();
     return;
   }
   auto stub = v1::GenerateService::NewStub(deployment->decode->NewChannel());

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "shared/flags_help.h"
 #include "tests/testing/random_checkpoint.h"
 
 ABSL_FLAG(std::string, out_dir, "", "Directory to write (created when missing).");
@@ -47,6 +48,7 @@ void OverrideIfSet(int flag_value, int& field) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Writes a random-weight HF checkpoint. Usage: pdserve-make-checkpoint --out_dir=DIR");
+  pdserve::ShowMainFlagsInHelp();
   absl::ParseCommandLine(argc, argv);
 
   const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
