@@ -25,6 +25,7 @@ struct Engine::Sequence {
   // Guarded by mu_.
   State state = State::kWaiting;
   bool cancelled = false;
+  absl::Status end_status;  // with `cancelled`: what the caller is told
   std::shared_ptr<PrefillCall> prefill;
   std::optional<absl::StatusOr<PrefillResult>> prefill_result;
 
@@ -124,7 +125,9 @@ absl::StatusOr<Engine::RequestId> Engine::Submit(GenerationRequest request,
   RequestId id = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return absl::UnavailableError("decode engine is shutting down");
+    if (stopping_ || draining_) {
+      return absl::UnavailableError("decode instance is shutting down; send the request elsewhere");
+    }
     id = next_id_++;
     auto seq = std::make_unique<Sequence>(id, std::move(request), observer);
     // FIFO: a newcomer never overtakes requests already waiting for blocks.
@@ -223,6 +226,26 @@ void Engine::OnPrefillDone(RequestId id, absl::StatusOr<PrefillResult> result) {
 }
 
 void Engine::Cancel(RequestId id) {
+  EndEarly(id, absl::CancelledError("Generate: cancelled by the client"));
+}
+
+void Engine::Drain() {
+  std::vector<RequestId> not_started;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+    for (const auto& [id, seq] : sequences_) {
+      if (seq->state != State::kRunning) not_started.push_back(id);
+    }
+  }
+  for (RequestId id : not_started) {
+    EndEarly(id, absl::UnavailableError(
+                     "decode instance is shutting down before this request started generating; "
+                     "retry it on another instance"));
+  }
+}
+
+void Engine::EndEarly(RequestId id, const absl::Status& status) {
   std::unique_ptr<Sequence> dequeued;
   std::shared_ptr<PrefillCall> call;
   {
@@ -230,6 +253,7 @@ void Engine::Cancel(RequestId id) {
     auto it = sequences_.find(id);
     if (it == sequences_.end()) return;
     Sequence* seq = it->second.get();
+    if (!seq->cancelled) seq->end_status = status;
     seq->cancelled = true;
     switch (seq->state) {
       case State::kWaiting:
@@ -247,9 +271,7 @@ void Engine::Cancel(RequestId id) {
     }
   }
   if (call != nullptr) call->Cancel();
-  if (dequeued != nullptr) {
-    dequeued->observer->OnError(absl::CancelledError("Generate: cancelled by the client"));
-  }
+  if (dequeued != nullptr) dequeued->observer->OnError(dequeued->end_status);
 }
 
 void Engine::Run() {
@@ -275,7 +297,7 @@ void Engine::Iterate() {
     for (auto it = ready_.begin(); it != ready_.end();) {
       Sequence* seq = *it;
       if (seq->cancelled) {
-        ending.emplace_back(seq, absl::CancelledError("Generate: cancelled by the client"));
+        ending.emplace_back(seq, seq->end_status);
       } else if (!seq->prefill_result->ok()) {
         ending.emplace_back(seq, seq->prefill_result->status());
       } else if (room >= seq->request.num_samples) {
@@ -292,7 +314,7 @@ void Engine::Iterate() {
       if (seq->cancelled && std::find_if(ending.begin(), ending.end(), [seq](const auto& entry) {
                               return entry.first == seq;
                             }) == ending.end()) {
-        ending.emplace_back(seq, absl::CancelledError("Generate: cancelled by the client"));
+        ending.emplace_back(seq, seq->end_status);
       }
     }
   }

@@ -107,6 +107,14 @@ class Engine {
   // while running. A no-op for a request that has already ended.
   void Cancel(RequestId id);
 
+  // The first step of a graceful shutdown: from now on Submit answers
+  // UNAVAILABLE, and every request that has not started generating (waiting
+  // for KV blocks, prefilling, or waiting to join the batch) ends at once
+  // with UNAVAILABLE saying the instance is shutting down, so its caller can
+  // retry elsewhere instead of waiting out the grace period; requests
+  // already generating carry on. Idempotent.
+  void Drain();
+
   // Stops the engine: cancels prefills in flight, ends every request with
   // UNAVAILABLE and joins the engine thread. Idempotent.
   void Shutdown();
@@ -119,6 +127,8 @@ class Engine {
   enum class State { kWaiting, kPrefilling, kReady, kRunning };
 
   void Run();
+  // Cancel, ending the request with `status` (the first one set wins).
+  void EndEarly(RequestId id, const absl::Status& status);
   // Takes blocks for waiting requests in FIFO order while the pool allows.
   void AdmitWaiting();
   // Allocates the lease for the front of the queue (or for `seq` on the fast
@@ -161,6 +171,7 @@ class Engine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;                                               // guarded by mu_
+  bool draining_ = false;                                               // guarded by mu_
   RequestId next_id_ = 1;                                               // guarded by mu_
   std::unordered_map<RequestId, std::unique_ptr<Sequence>> sequences_;  // guarded by mu_
   std::deque<Sequence*> waiting_;                                       // guarded by mu_

@@ -288,6 +288,9 @@ int Run(const StopSignals& stop_signals) {
   const int signal_number = stop_signals.Wait();
   LOG(INFO) << "signal " << signal_number << ": shutting down";
   (*server)->GetHealthCheckService()->Shutdown();  // NOT_SERVING from now on
+  // Requests not yet generating end now with UNAVAILABLE (their callers can
+  // retry elsewhere at once); the generating ones get the grace period.
+  engine.Drain();
   // In-flight streams get the grace period (the engine keeps serving them),
   // then gRPC cancels the rest, which the engine ends at once.
   (*server)->Shutdown(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_shutdown_grace)));

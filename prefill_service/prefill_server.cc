@@ -93,7 +93,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
                  const absl::Status& parsed)
       : server_(server),
         metrics_(server->options_.metrics),
-        request_id_(request.request_id()),
+        request_id_(request.request_id().empty() ? "(no request_id)" : request.request_id()),
         arrival_(absl::Now()) {
     server_->active_streams_.fetch_add(1);
     if (metrics_ != nullptr) metrics_->OnRequest();

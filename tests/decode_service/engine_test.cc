@@ -153,6 +153,36 @@ TEST_F(EngineTest, OnStepReportsEveryStepWithItsBatchSize) {
   EXPECT_EQ(non_positive_durations, 0);
 }
 
+// A graceful shutdown's first step: the generating request finishes, the
+// one still waiting to join the batch ends at once with UNAVAILABLE (its
+// caller can go elsewhere), and new requests are refused. Blocks come back
+// (TearDown).
+TEST_F(EngineTest, DrainEndsRequestsNotYetGeneratingAndLetsTheOthersFinish) {
+  MakeEngine(/*num_blocks=*/512, /*block_size=*/16, /*max_batch_size=*/1);
+  GenerationRequest long_request = Request("Once upon a time", 300);
+  long_request.ignore_eos = true;
+  RecordingObserver generating;
+  ASSERT_TRUE(engine_->Submit(long_request, &generating).ok());
+  ASSERT_TRUE(generating.WaitTokens(2));
+  RecordingObserver queued;  // the batch (max 1) is full: it cannot join
+  ASSERT_TRUE(engine_->Submit(Request("Once upon a time", 8), &queued).ok());
+
+  engine_->Drain();
+  ASSERT_TRUE(queued.WaitDone());
+  EXPECT_EQ(queued.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(queued.status().message(), HasSubstr("shutting down"));
+  EXPECT_TRUE(queued.token_ids().empty());
+  EXPECT_EQ(queued.terminal_calls(), 1);
+
+  RecordingObserver refused;
+  absl::StatusOr<Engine::RequestId> id = engine_->Submit(Request("Once", 4), &refused);
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kUnavailable);
+
+  ASSERT_TRUE(generating.WaitDone());
+  ASSERT_TRUE(generating.status().ok()) << generating.status();
+  EXPECT_EQ(generating.token_ids().size(), 300u);
+}
+
 TEST_F(EngineTest, MaxNewTokensEndsWithLengthAfterExactlyThatMany) {
   MakeEngine();
   GenerationRequest request = Request("Once upon a time", 7);
