@@ -227,36 +227,26 @@ absl::Status KvCache::WriteTokens(const Sequence& sequence, int layer, int first
     return absl::InvalidArgumentError("KV cache WriteTokens: dtype must be a float type, not I32");
   }
   if (num_tokens == 0) return absl::OkStatus();
-  {
-    const int block_size = options_.block_size;
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (int b = first_token / block_size; b <= (first_token + num_tokens - 1) / block_size; ++b) {
-      const int32_t block = sequence.block_table()[b];
-      if (ref_counts_[block] > 1) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "KV cache WriteTokens: block ", block, " (tokens from ", b * block_size,
-            ") is shared by ", ref_counts_[block], " leases; PrepareWrite each position first"));
-      }
-    }
-  }
+  PDSERVE_RETURN_IF_ERROR(CheckUnshared(sequence, first_token, num_tokens));
   const int kv_width = options_.num_kv_heads * options_.head_dim;
   if (backend_->host_memory_buffers()) {
     // Tokens of one block occupy consecutive slots: one conversion per
     // block's run, straight from the caller's bytes into the cache.
     const size_t token_bytes = static_cast<size_t>(kv_width) * DTypeSize(dtype);
-    const int block_size = options_.block_size;
-    for (int token = first_token; token < first_token + num_tokens;) {
-      const int run = std::min(block_size - token % block_size, first_token + num_tokens - token);
+    absl::Status status;
+    ForEachBlockRun(first_token, num_tokens, [&](int token, int run) {
+      if (!status.ok()) return;
       const size_t src_offset = static_cast<size_t>(token - first_token) * token_bytes;
       const size_t dst_offset = static_cast<size_t>(sequence.Slot(token)) * kv_width;
       const size_t n = static_cast<size_t>(run) * kv_width;
-      PDSERVE_RETURN_IF_ERROR(backend_->CopyToDevice(static_cast<const char*>(k) + src_offset,
-                                                     dtype, n, *k_[layer], dst_offset));
-      PDSERVE_RETURN_IF_ERROR(backend_->CopyToDevice(static_cast<const char*>(v) + src_offset,
-                                                     dtype, n, *v_[layer], dst_offset));
-      token += run;
-    }
-    return absl::OkStatus();
+      status = backend_->CopyToDevice(static_cast<const char*>(k) + src_offset, dtype, n,
+                                      *k_[layer], dst_offset);
+      if (status.ok()) {
+        status = backend_->CopyToDevice(static_cast<const char*>(v) + src_offset, dtype, n,
+                                        *v_[layer], dst_offset);
+      }
+    });
+    return status;
   }
   const size_t elements = static_cast<size_t>(num_tokens) * kv_width;
   PDSERVE_ASSIGN_OR_RETURN(Staging staging,
@@ -269,6 +259,21 @@ absl::Status KvCache::WriteTokens(const Sequence& sequence, int layer, int first
   return backend_->Synchronize();
 }
 
+absl::Status KvCache::CheckUnshared(const Sequence& sequence, int first_token,
+                                    int num_tokens) const {
+  const int block_size = options_.block_size;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int b = first_token / block_size; b <= (first_token + num_tokens - 1) / block_size; ++b) {
+    const int32_t block = sequence.block_table()[b];
+    if (ref_counts_[block] > 1) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "KV cache WriteTokens: block ", block, " (tokens from ", b * block_size,
+          ") is shared by ", ref_counts_[block], " leases; PrepareWrite each position first"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool KvCache::HostRanges(const Sequence& sequence, int layer, int first_token, int num_tokens,
                          DType dtype, std::vector<std::span<char>>* k,
                          std::vector<std::span<char>>* v) {
@@ -279,25 +284,17 @@ bool KvCache::HostRanges(const Sequence& sequence, int layer, int first_token, i
       dtype != k_[layer]->dtype() || dtype != v_[layer]->dtype()) {
     return false;
   }
-  const int block_size = options_.block_size;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (int b = first_token / block_size; b <= (first_token + num_tokens - 1) / block_size; ++b) {
-      if (ref_counts_[sequence.block_table()[b]] > 1) return false;
-    }
-  }
+  if (!CheckUnshared(sequence, first_token, num_tokens).ok()) return false;
   const size_t token_bytes =
       static_cast<size_t>(options_.num_kv_heads) * options_.head_dim * DTypeSize(dtype);
   char* k_base = static_cast<char*>(k_[layer]->data());
   char* v_base = static_cast<char*>(v_[layer]->data());
-  for (int token = first_token; token < first_token + num_tokens;) {
-    const int run = std::min(block_size - token % block_size, first_token + num_tokens - token);
+  ForEachBlockRun(first_token, num_tokens, [&](int token, int run) {
     const size_t offset = static_cast<size_t>(sequence.Slot(token)) * token_bytes;
     const size_t bytes = static_cast<size_t>(run) * token_bytes;
     k->emplace_back(k_base + offset, bytes);
     v->emplace_back(v_base + offset, bytes);
-    token += run;
-  }
+  });
   return true;
 }
 

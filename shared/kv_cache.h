@@ -3,6 +3,7 @@
 #ifndef PDSERVE_SHARED_KV_CACHE_H_
 #define PDSERVE_SHARED_KV_CACHE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -138,6 +139,22 @@ class KvCache {
   absl::Status MakeWritable(std::vector<int32_t>& blocks, int position);
   // Copies every layer's K and V of block `from` to block `to`.
   void CopyBlock(int32_t from, int32_t to);
+  // FAILED_PRECONDITION naming the block when one holding tokens
+  // [first_token, first_token + num_tokens) (num_tokens > 0) is shared
+  // with another lease: it may not be written in place.
+  absl::Status CheckUnshared(const Sequence& sequence, int first_token, int num_tokens) const;
+  // Calls fn(token, run) for each run of consecutive tokens in one block
+  // (consecutive slots), in token order, covering [first_token,
+  // first_token + num_tokens).
+  template <typename Fn>
+  void ForEachBlockRun(int first_token, int num_tokens, const Fn& fn) const {
+    for (int token = first_token; token < first_token + num_tokens;) {
+      const int run = std::min(options_.block_size - token % options_.block_size,
+                               first_token + num_tokens - token);
+      fn(token, run);
+      token += run;
+    }
+  }
 
   Backend* backend_;
   KvCacheOptions options_;
