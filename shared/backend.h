@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "shared/dtype.h"
+#include "shared/host_block.h"
 #include "shared/host_tensor.h"
 
 namespace pdserve {
@@ -78,6 +79,27 @@ struct PagedAttentionParams {
   float scale = 0.0f;
 };
 
+// A device-to-host copy started by Backend::CopyToHostAsync. Used on the
+// thread that started it; destroying it waits for the copy (the DMA engine
+// must not write into a destination that is being freed).
+class HostCopy {
+ public:
+  virtual ~HostCopy() = default;
+  HostCopy(const HostCopy&) = delete;
+  HostCopy& operator=(const HostCopy&) = delete;
+
+  // Does not block: true once the copy has ended (its bytes are in the
+  // destination, or it failed and Wait() says why).
+  virtual bool Ready() = 0;
+  // Blocks until the copy has ended. OK: every byte is in the destination.
+  // Otherwise the device error (INTERNAL naming it); the destination is then
+  // garbage.
+  virtual absl::Status Wait() = 0;
+
+ protected:
+  HostCopy() = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -115,6 +137,26 @@ class Backend {
                                   DType dst_dtype) = 0;
   // Waits for queued work; returns the first device error since the last call.
   virtual absl::Status Synchronize() = 0;
+
+  // ---- asynchronous device-to-host copies (prefill's KV stream) ---------
+  // Host memory to receive CopyToHostAsync: page-locked on CUDA (cached in
+  // a pool, since cudaHostAlloc costs far more than a copy), heap memory by
+  // default. Thread-safe. RESOURCE_EXHAUSTED when no memory is left.
+  virtual absl::StatusOr<HostBlockPtr> AllocateHostBlock(size_t bytes);
+
+  // Starts copying `n` elements of `src` from element `src_offset` into host
+  // `dst` (n * DTypeSize(src.dtype()) bytes, src's dtype: no conversion) and
+  // returns without waiting for queued work. The copy sees `src` as the ops
+  // queued before this call leave it, so ops queued after it may overwrite
+  // `src` at once. `dst` must stay alive and unread until the returned
+  // copy's Wait() has returned OK; for the copy to really overlap later
+  // work on CUDA it must be a block from AllocateHostBlock. Errors: those of
+  // CopyToHost (INVALID_ARGUMENT for a range outside `src`, a device failure
+  // since the last Synchronize). The default runs CopyToHost and returns a
+  // copy that has already ended (the CPU backend: nothing to overlap).
+  virtual absl::StatusOr<std::unique_ptr<HostCopy>> CopyToHostAsync(const DeviceBuffer& src,
+                                                                    size_t src_offset, size_t n,
+                                                                    void* dst);
 
   // ---- ops ----------------------------------------------------------------
   // out[i, :] = table[ids[i], :]. table: weight [vocab, hidden]; ids: I32 [n];

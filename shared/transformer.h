@@ -25,8 +25,9 @@ class PrefillBatchRunner;
 // Called by Prefill as soon as a layer's K and V are computed, so the caller
 // can stream them while later layers run. k, v: backend buffers of
 // [num_tokens, num_kv_heads * head_dim] in backend.kv_dtype(), holding the
-// prompt's tokens [0, num_tokens). Read them with Backend::CopyToHost before
-// returning; a non-OK status aborts the prefill with that status.
+// prompt's tokens [0, num_tokens). Read them with Backend::CopyToHost, or
+// start a Backend::CopyToHostAsync of them, before returning (later layers
+// reuse the buffers); a non-OK status aborts the prefill with that status.
 using LayerKvSink = std::function<absl::Status(int layer, const DeviceBuffer& k,
                                                const DeviceBuffer& v, int num_tokens)>;
 
@@ -35,8 +36,9 @@ using LayerKvSink = std::function<absl::Status(int layer, const DeviceBuffer& k,
 // first_token + num_tokens rows of num_kv_heads * head_dim in
 // backend.kv_dtype(), row t holding the prompt's token t; the new rows are
 // [first_token, first_token + num_tokens) (rows before it were handed out
-// with earlier chunks). Read them with Backend::CopyToHost before returning;
-// a non-OK status ends this prompt (only) with that status.
+// with earlier chunks). Read them with Backend::CopyToHost, or start a
+// Backend::CopyToHostAsync of them, before returning (later layers reuse the
+// buffers); a non-OK status ends this prompt (only) with that status.
 using KvRangeSink = std::function<absl::Status(int layer, const DeviceBuffer& k,
                                                const DeviceBuffer& v, int first_token,
                                                int num_tokens)>;
