@@ -9,15 +9,34 @@
 
 namespace pdserve {
 
-absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(
-    const std::string& model_dir, std::string_view device, const PrefillEngineOptions& options) {
-  if (options.max_batch_tokens < 1 || options.chunk_tokens < 0 ||
-      options.max_queued_requests < 1) {
+namespace {
+
+absl::Status ValidateOptions(const PrefillEngineOptions& options) {
+  if (options.max_batch_tokens < 1 || options.chunk_tokens < 0 || options.max_queued_requests < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prefill engine: max_batch_tokens (", options.max_batch_tokens,
         ") and max_queued_requests (", options.max_queued_requests,
         ") must be positive and chunk_tokens (", options.chunk_tokens, ") not negative"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(
+    const std::string& model_dir, std::string_view device, const PrefillEngineOptions& options) {
+  // Checked before the backend is made: a bad option should not cost a
+  // device initialisation.
+  PDSERVE_RETURN_IF_ERROR(ValidateOptions(options));
+  PDSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
+                           CreateBackend(device, options.cpu_backend));
+  return Load(model_dir, std::move(backend), options);
+}
+
+absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(
+    const std::string& model_dir, std::unique_ptr<Backend> backend,
+    const PrefillEngineOptions& options) {
+  PDSERVE_RETURN_IF_ERROR(ValidateOptions(options));
   std::unique_ptr<PrefillEngine> engine(new PrefillEngine());
   engine->model_dir_ = model_dir;
   engine->options_ = options;
@@ -27,10 +46,10 @@ absl::StatusOr<std::unique_ptr<PrefillEngine>> PrefillEngine::Load(
   for (const std::string& name : engine->weights_.store->Names()) {
     engine->parameter_count_ += engine->weights_.store->Find(name)->num_elements();
   }
-  PDSERVE_ASSIGN_OR_RETURN(engine->backend_, CreateBackend(device, options.cpu_backend));
-  PDSERVE_ASSIGN_OR_RETURN(engine->transformer_,
-                           Transformer::Create(engine->config_, engine->weights_,
-                                               engine->backend_.get()));
+  engine->backend_ = std::move(backend);
+  PDSERVE_ASSIGN_OR_RETURN(
+      engine->transformer_,
+      Transformer::Create(engine->config_, engine->weights_, engine->backend_.get()));
   engine->worker_ = std::thread([e = engine.get()] { e->WorkerLoop(); });
   return engine;
 }
@@ -132,9 +151,8 @@ void PrefillEngine::WorkerLoop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](PrefillEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
-            return e->stopping_ || !e->queue_.empty();
-          },
+          +[](PrefillEngine* e)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return e->stopping_ || !e->queue_.empty(); },
           this));
       // Requests queued before the stop still run: each one owns an RPC
       // that can only finish once its `done` has run.
@@ -152,8 +170,8 @@ absl::Status PrefillEngine::ValidatePrompt(std::span<const int32_t> token_ids) c
         "token_ids: empty prompt (need 1 to max_position_embeddings=", limit, " tokens)"));
   }
   if (static_cast<int64_t>(token_ids.size()) > limit) {
-    return absl::InvalidArgumentError(absl::StrCat("token_ids: ", token_ids.size(),
-                                                   " tokens exceed max_position_embeddings=", limit));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token_ids: ", token_ids.size(), " tokens exceed max_position_embeddings=", limit));
   }
   for (size_t i = 0; i < token_ids.size(); ++i) {
     if (token_ids[i] < 0 || token_ids[i] >= config_.vocab_size) {

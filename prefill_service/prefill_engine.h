@@ -43,15 +43,15 @@ struct PrefillEngineOptions {
 
 // Counts since the engine started, for tests, logs and metrics.
 struct PrefillEngineStats {
-  int64_t batches = 0;         // batched forwards (Transformer::PrefillBatch calls)
-  int64_t forward_passes = 0;  // forward steps over them (several for chunked batches)
-  int64_t requests = 0;        // requests that went into a batch
-  int64_t prompt_tokens = 0;   // their prompt tokens
-  int64_t largest_batch = 0;   // most requests in one batch so far
+  int64_t batches = 0;              // batched forwards (Transformer::PrefillBatch calls)
+  int64_t forward_passes = 0;       // forward steps over them (several for chunked batches)
+  int64_t requests = 0;             // requests that went into a batch
+  int64_t prompt_tokens = 0;        // their prompt tokens
+  int64_t largest_batch = 0;        // most requests in one batch so far
   int64_t cancelled_queued = 0;     // removed from the queue by Cancel
   int64_t rejected_queue_full = 0;  // Submit refused: the queue was full
-  int queued = 0;   // requests waiting now
-  int running = 0;  // requests of the batch running now (0 when idle)
+  int queued = 0;                   // requests waiting now
+  int running = 0;                  // requests of the batch running now (0 when idle)
 };
 
 // One prompt for the worker, with where its results go. The sinks and
@@ -88,6 +88,12 @@ class PrefillEngine {
   // Transformer::Create; INVALID_ARGUMENT naming an option out of range.
   static absl::StatusOr<std::unique_ptr<PrefillEngine>> Load(
       const std::string& model_dir, std::string_view device,
+      const PrefillEngineOptions& options = PrefillEngineOptions());
+  // The same on a backend the caller made (tests wrap one to model a
+  // device's timing). options.cpu_backend is then unused. Errors as above,
+  // less CreateBackend's.
+  static absl::StatusOr<std::unique_ptr<PrefillEngine>> Load(
+      const std::string& model_dir, std::unique_ptr<Backend> backend,
       const PrefillEngineOptions& options = PrefillEngineOptions());
 
   // Runs the requests still queued (each owns an RPC that ends only once its

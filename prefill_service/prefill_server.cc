@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "prefill_service/kv_chunk_streamer.h"
 #include "proto/convert/convert.h"
 #include "proto/kv_wire/kv_chunk_encoder.h"
 #include "shared/status_macros.h"
@@ -204,9 +205,14 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     work.capture.hidden_state_layers.assign(request.hidden_state_layers().begin(),
                                             request.hidden_state_layers().end());
     if (!request.omit_kv()) {
-      work.kv_sink = [this, plan](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
-                                  int first_token, int num_tokens) {
-        return SendKv(layer, k, v, first_token, num_tokens, plan);
+      kv_streamer_ = std::make_unique<KvChunkStreamer>(
+          server_->engine_->backend(), config.num_kv_heads * config.head_dim, plan.tokens_per_chunk,
+          [this](grpc::ByteBuffer message, int64_t payload_bytes) {
+            return Send(std::move(message), payload_bytes, /*is_kv=*/true);
+          });
+      work.kv_sink = [this](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
+                            int first_token, int num_tokens) {
+        return kv_streamer_->Add(layer, k, v, first_token, num_tokens);
       };
     }
     if (!work.capture.empty()) {
@@ -227,32 +233,6 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     };
     work.done = [this](absl::StatusOr<std::vector<float>> hidden) { Done(std::move(hidden)); };
     return work;
-  }
-
-  // Worker thread: K and V of tokens [first_token, first_token + num_tokens)
-  // of one layer, in KvChunks of at most plan.tokens_per_chunk tokens, copied
-  // from the backend in its kv_dtype into buffers that gRPC then sends as
-  // they are (EncodeKvChunkResponse).
-  absl::Status SendKv(int layer, const DeviceBuffer& k, const DeviceBuffer& v, int first_token,
-                      int num_tokens, const ChunkPlan& plan) {
-    Backend& backend = server_->engine_->backend();
-    const DType kv_dtype = backend.kv_dtype();
-    const ModelConfig& config = server_->engine_->config();
-    const size_t kv_width = static_cast<size_t>(config.num_kv_heads) * config.head_dim;
-    const int end = first_token + num_tokens;
-    for (int first = first_token; first < end; first += plan.tokens_per_chunk) {
-      const int count = std::min(plan.tokens_per_chunk, end - first);
-      const size_t elements = static_cast<size_t>(count) * kv_width;
-      const size_t bytes = elements * DTypeSize(kv_dtype);
-      KvChunkBuffers buffers(bytes);
-      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(k, static_cast<size_t>(first) * kv_width, elements,
-                                                 buffers.k(), kv_dtype));
-      PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(v, static_cast<size_t>(first) * kv_width, elements,
-                                                 buffers.v(), kv_dtype));
-      PDSERVE_RETURN_IF_ERROR(Send(EncodeKvChunkResponse(layer, first, count, std::move(buffers)),
-                                   static_cast<int64_t>(2 * bytes), /*is_kv=*/true));
-    }
-    return absl::OkStatus();
   }
 
   // Worker thread: hidden states [num_tokens, hidden] in HiddenStates
@@ -282,6 +262,14 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void Done(absl::StatusOr<std::vector<float>> hidden) {
     const bool ran = start_ != absl::InfinitePast();
     const double prefill_ms = ran ? absl::ToDoubleMilliseconds(absl::Now() - start_) : 0.0;
+    if (kv_streamer_ != nullptr) {
+      // The last layers' KV may still be on its way to the host; it goes
+      // out before FinalHidden, which tells decode that the KV is complete.
+      if (hidden.ok()) {
+        if (absl::Status flushed = kv_streamer_->Flush(); !flushed.ok()) hidden = flushed;
+      }
+      kv_streamer_.reset();  // waits for copies still in flight
+    }
     if (!hidden.ok()) {
       if (ran && metrics_ != nullptr && cancelled()) {
         metrics_->OnCancelled(PrefillMetrics::CancelStage::kForward);
@@ -395,6 +383,9 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   int num_tokens_ = 0;
   // Set by the worker when the request's batch starts; read by the worker.
   absl::Time start_ = absl::InfinitePast();
+  // The KV on its way out (null with omit_kv); used by the worker only, and
+  // by `done` (on the cancelling thread when the worker never took it).
+  std::unique_ptr<KvChunkStreamer> kv_streamer_;
   int batch_requests_ = 0;
   int batch_tokens_ = 0;
 

@@ -6,7 +6,10 @@
 #include <grpcpp/support/slice.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -50,17 +53,32 @@ uint8_t* WriteInt32Field(int field, int32_t value, uint8_t* target) {
   return WireFormatLite::WriteInt32ToArray(field, value, target);
 }
 
-// The slice owns a heap array from KvChunkBuffers.
-void FreeArray(void* bytes) { delete[] static_cast<char*>(bytes); }
+// A slice's destroy callback: it owns one HostBlock of KvChunkBuffers.
+void DestroyHostBlock(void* block) { delete static_cast<HostBlock*>(block); }
+
+// A slice over `block`'s bytes that destroys the block when gRPC is done.
+grpc::Slice OwningSlice(HostBlockPtr block) {
+  char* data = block->data();
+  const size_t size = block->size();
+  return grpc::Slice(data, size, &DestroyHostBlock, block.release());
+}
 
 }  // namespace
 
 KvChunkBuffers::KvChunkBuffers(size_t bytes_each)
-    : k_(new char[bytes_each]), v_(new char[bytes_each]), bytes_each_(bytes_each) {}
+    : k_(MakeHeapHostBlock(bytes_each)), v_(MakeHeapHostBlock(bytes_each)) {}
+
+KvChunkBuffers::KvChunkBuffers(HostBlockPtr k, HostBlockPtr v)
+    : k_(std::move(k)), v_(std::move(v)) {
+  if (k_ == nullptr || v_ == nullptr || k_->size() != v_->size()) {
+    std::fprintf(stderr, "KvChunkBuffers: K and V blocks must be non-null and of equal size\n");
+    std::abort();
+  }
+}
 
 grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_tokens,
                                        KvChunkBuffers buffers) {
-  const size_t n = buffers.bytes_each_;
+  const size_t n = buffers.bytes_each();
   const size_t scalars = Int32FieldSize(kLayerField, layer) +
                          Int32FieldSize(kFirstTokenField, first_token) +
                          Int32FieldSize(kNumTokensField, num_tokens);
@@ -83,8 +101,8 @@ grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_token
   std::string v_head(v_prefix, '\0');
   WriteLengthPrefix(kVField, n, reinterpret_cast<uint8_t*>(v_head.data()));
 
-  grpc::Slice slices[4] = {grpc::Slice(head), grpc::Slice(buffers.k_.release(), n, &FreeArray),
-                           grpc::Slice(v_head), grpc::Slice(buffers.v_.release(), n, &FreeArray)};
+  grpc::Slice slices[4] = {grpc::Slice(head), OwningSlice(std::move(buffers.k_)),
+                           grpc::Slice(v_head), OwningSlice(std::move(buffers.v_))};
   return grpc::ByteBuffer(slices, 4);
 }
 

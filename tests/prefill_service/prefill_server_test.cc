@@ -27,7 +27,9 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/deferred_copy_backend.h"
 
 namespace pdserve {
 namespace {
@@ -227,6 +229,7 @@ struct StreamResult {
   std::map<int, std::vector<int>> hidden_seen;
   int hidden_messages = 0;
   std::vector<float> final_hidden;
+  bool kv_after_final_hidden = false;  // the contract: FinalHidden comes last
 };
 
 // max_i |a_i - b_i| / max(1, |b_i|): K reaches ~30 in stories260K, where
@@ -245,8 +248,11 @@ class BatchingPrefillTest : public InProcessPrefillTest {
  protected:
   void SetUp() override {}  // each test loads its engine with its own options
 
-  void Load(PrefillEngineOptions options, PrefillServerOptions server_options = {}) {
-    auto engine = PrefillEngine::Load(kModelDir, "cpu", options);
+  // backend: null for the "cpu" device's own.
+  void Load(PrefillEngineOptions options, PrefillServerOptions server_options = {},
+            std::unique_ptr<Backend> backend = nullptr) {
+    auto engine = backend == nullptr ? PrefillEngine::Load(kModelDir, "cpu", options)
+                                     : PrefillEngine::Load(kModelDir, std::move(backend), options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = std::move(*engine);
     ASSERT_NO_FATAL_FAILURE(StartServer(server_options));
@@ -274,6 +280,7 @@ class BatchingPrefillTest : public InProcessPrefillTest {
       } else if (response.has_kv()) {
         const v1::KvChunk& chunk = response.kv();
         ++r.kv_chunks;
+        if (!r.final_hidden.empty()) r.kv_after_final_hidden = true;
         const size_t offset = static_cast<size_t>(chunk.first_token()) * kv_width;
         EXPECT_EQ(chunk.k().size(), static_cast<size_t>(chunk.num_tokens()) * kv_width * 4);
         std::memcpy(r.k[chunk.layer()].data() + offset, chunk.k().data(), chunk.k().size());
@@ -299,6 +306,21 @@ class BatchingPrefillTest : public InProcessPrefillTest {
     }
     r.status = reader->Finish();
     return r;
+  }
+
+  // A completed stream with the header, every token's KV of every layer
+  // once, all before FinalHidden, and KV and FinalHidden equal to `want`'s.
+  void ExpectSameStream(const StreamResult& got, const StreamResult& want) {
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_TRUE(got.header);
+    EXPECT_FALSE(got.kv_after_final_hidden);
+    EXPECT_EQ(std::count(got.kv_seen.begin(), got.kv_seen.end(), 1),
+              static_cast<std::ptrdiff_t>(got.kv_seen.size()));
+    for (int layer = 0; layer < config_.num_layers; ++layer) {
+      EXPECT_LT(MaxScaledDifference(got.k[layer], want.k[layer]), 1e-5f);
+      EXPECT_LT(MaxScaledDifference(got.v[layer], want.v[layer]), 1e-5f);
+    }
+    EXPECT_LT(MaxScaledDifference(got.final_hidden, want.final_hidden), 1e-5f);
   }
 
   static v1::PrefillRequest Request(const std::vector<int32_t>& ids) {
@@ -400,16 +422,7 @@ TEST_F(BatchingPrefillTest, ConcurrentCallsShareOneForwardAndGetTheirOwnKv) {
     EXPECT_EQ(after.forward_passes - before.forward_passes, 1 + batch_steps);
     for (size_t i = 0; i < prompts.size(); ++i) {
       SCOPED_TRACE(testing::Message() << "prompt " << i);
-      const StreamResult& got = concurrent[i];
-      ASSERT_TRUE(got.status.ok()) << got.status.error_message();
-      EXPECT_TRUE(got.header);
-      EXPECT_EQ(std::count(got.kv_seen.begin(), got.kv_seen.end(), 1),
-                static_cast<std::ptrdiff_t>(got.kv_seen.size()));
-      for (int layer = 0; layer < config_.num_layers; ++layer) {
-        EXPECT_LT(MaxScaledDifference(got.k[layer], sequential[i].k[layer]), 1e-5f);
-        EXPECT_LT(MaxScaledDifference(got.v[layer], sequential[i].v[layer]), 1e-5f);
-      }
-      EXPECT_LT(MaxScaledDifference(got.final_hidden, sequential[i].final_hidden), 1e-5f);
+      ExpectSameStream(concurrent[i], sequential[i]);
     }
     EXPECT_TRUE(WaitForNoActiveStreams());
     server_->Shutdown();
@@ -468,6 +481,61 @@ TEST_F(BatchingPrefillTest, CancelRemovesAQueuedCallAndSparesBatchMates) {
   EXPECT_LT(MaxScaledDifference(mate.final_hidden, alone.final_hidden), 1e-5f);
   EXPECT_TRUE(WaitForIdle());
   EXPECT_TRUE(WaitForNoActiveStreams());
+}
+
+// A GPU's timing, modelled on the CPU (DeferredCopyBackend): each layer's
+// K/V copy to the host ends only when waited for, after later layers have
+// overwritten the source. Batched and chunked prefills still stream every
+// token's KV once, equal to the plain CPU engine's, all before FinalHidden;
+// and completed or cancelled, they leave no host block or copy behind.
+TEST_F(BatchingPrefillTest, KvCopiesThatEndLateStreamTheSameKvBeforeFinalHidden) {
+  PrefillEngineOptions options;
+  options.chunk_tokens = 16;
+  ASSERT_NO_FATAL_FAILURE(Load(options));
+  const std::vector<std::vector<int32_t>> prompts = EightPrompts();
+  std::vector<StreamResult> reference;
+  for (const std::vector<int32_t>& prompt : prompts) reference.push_back(Run(Request(prompt)));
+  server_->Shutdown();
+  server_.reset();
+
+  auto owned = std::make_unique<DeferredCopyBackend>(CreateCpuBackend());
+  DeferredCopyBackend* deferred = owned.get();
+  PrefillServerOptions server_options;
+  server_options.max_queued_bytes = 4096;
+  ASSERT_NO_FATAL_FAILURE(Load(options, server_options, std::move(owned)));
+  ASSERT_NO_FATAL_FAILURE(HoldWorker());
+  std::vector<StreamResult> batched(prompts.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] { batched[i] = Run(Request(prompts[i])); });
+  }
+  ASSERT_TRUE(WaitFor([this] { return engine_->stats().queued == 8; }));
+  ASSERT_NO_FATAL_FAILURE(Release());
+  for (std::thread& client : clients) client.join();
+  EXPECT_GT(deferred->copies_started(), 0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(testing::Message() << "prompt " << i);
+    ExpectSameStream(batched[i], reference[i]);
+  }
+
+  // Cancelled while its copies are in flight and its stream is full.
+  v1::PrefillRequest long_request = Request(std::vector<int32_t>(300, 7));
+  long_request.set_max_chunk_bytes(256);
+  grpc::ClientContext context;
+  auto reader = stub_->Prefill(&context, long_request);
+  v1::PrefillResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  ASSERT_TRUE(WaitFor([deferred] { return deferred->live_copies() > 0; }));
+  context.TryCancel();
+  while (reader->Read(&response)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(WaitForIdle());
+  EXPECT_TRUE(WaitForNoActiveStreams());
+  EXPECT_TRUE(WaitFor([deferred] { return deferred->live_blocks() == 0; }))
+      << deferred->live_blocks() << " host blocks still held";
+  EXPECT_EQ(deferred->live_copies(), 0);
+  EXPECT_EQ(deferred->copies_outliving_destination(), 0);
 }
 
 TEST_F(BatchingPrefillTest, FullQueueIsResourceExhaustedWithoutAHeader) {

@@ -3,6 +3,7 @@
 #include <grpcpp/support/slice.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -118,4 +119,49 @@ TEST(KvChunkEncoderTest, EncodesOtherResponsesWithProtobuf) {
 }
 
 }  // namespace
+// A producer's own blocks (a backend's pinned memory) travel as the slices
+// and go back to their owner exactly when the last copy of the ByteBuffer
+// is gone, not before (gRPC may still be writing them) and not never (a
+// leak of pinned memory).
+class CountedBlock final : public HostBlock {
+ public:
+  CountedBlock(size_t bytes, int* live) : HostBlock(new char[bytes], bytes), live_(live) {
+    ++*live_;
+  }
+  ~CountedBlock() override {
+    delete[] data();
+    --*live_;
+  }
+
+ private:
+  int* live_;
+};
+
+TEST(KvChunkEncoderTest, ReleasesTheProducersBlocksWhenGrpcIsDone) {
+  int live = 0;
+  grpc::ByteBuffer kept;
+  {
+    KvChunkBuffers buffers(std::make_unique<CountedBlock>(256, &live),
+                           std::make_unique<CountedBlock>(256, &live));
+    ASSERT_EQ(live, 2);
+    const char* k = buffers.k();
+    std::memset(buffers.k(), 'k', 256);
+    std::memset(buffers.v(), 'v', 256);
+    grpc::ByteBuffer encoded = EncodeKvChunkResponse(3, 0, 1, std::move(buffers));
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(encoded.Dump(&slices).ok());
+    ASSERT_EQ(slices.size(), 4u);
+    EXPECT_EQ(reinterpret_cast<const char*>(slices[1].begin()), k);
+    kept = encoded;
+  }
+  EXPECT_EQ(live, 2);  // `kept` still refers to them
+  v1::PrefillResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(kept)));
+  EXPECT_EQ(parsed.kv().layer(), 3);
+  EXPECT_EQ(parsed.kv().k(), std::string(256, 'k'));
+  EXPECT_EQ(parsed.kv().v(), std::string(256, 'v'));
+  kept.Clear();
+  EXPECT_EQ(live, 0);
+}
+
 }  // namespace pdserve
