@@ -23,11 +23,11 @@ cudaError_t DeviceMemoryPool::Allocate(size_t bytes, void** block, size_t* capac
     *capacity = size;
     return cudaSuccess;
   }
-  cudaError_t status = cudaMalloc(block, size);
+  cudaError_t status = AllocateFromDriver(block, size);
   if (status == cudaErrorMemoryAllocation && cached_bytes_ > 0) {
     cudaGetLastError();  // not sticky; clear it before retrying
     ReleaseCachedLocked();
-    status = cudaMalloc(block, size);
+    status = AllocateFromDriver(block, size);
   }
   if (status != cudaSuccess) {
     *block = nullptr;
@@ -49,9 +49,22 @@ void DeviceMemoryPool::ReleaseCached() {
   ReleaseCachedLocked();
 }
 
+cudaError_t DeviceMemoryPool::AllocateFromDriver(void** block, size_t size) const {
+  if (memory_ == PoolMemory::kPinnedHost) return cudaHostAlloc(block, size, cudaHostAllocDefault);
+  return cudaMalloc(block, size);
+}
+
+void DeviceMemoryPool::FreeToDriver(void* block) const {
+  if (memory_ == PoolMemory::kPinnedHost) {
+    cudaFreeHost(block);
+  } else {
+    cudaFree(block);
+  }
+}
+
 void DeviceMemoryPool::ReleaseCachedLocked() {
   for (auto& [size, blocks] : cached_) {
-    for (void* block : blocks) cudaFree(block);
+    for (void* block : blocks) FreeToDriver(block);
   }
   cached_.clear();
   cached_bytes_ = 0;

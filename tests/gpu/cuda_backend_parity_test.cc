@@ -23,17 +23,20 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/backend_factory.h"
 #include "kernels/cuda/argmax.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/device_memory_pool.h"
 #include "shared/dtype.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -647,6 +650,263 @@ TEST_F(CudaParityTest, CopyElements) {
       ASSERT_EQ(actual[i], expected[i]) << "element " << i << Seed();
     }
   }
+}
+
+// ---- asynchronous copies to host (CopyToHostAsync, AllocateHostBlock) -------------
+
+// The bytes `values` (bf16-representable) have when stored as `dtype`, from
+// the host-side conversions of shared/dtype.h: the reference for what a copy
+// in the buffer's own dtype must deliver.
+std::vector<char> StoredBytes(const std::vector<float>& values, size_t first, size_t n,
+                              DType dtype) {
+  std::vector<char> bytes(n * DTypeSize(dtype));
+  if (dtype == DType::kF32) {
+    std::memcpy(bytes.data(), values.data() + first, bytes.size());
+  } else {
+    ConvertFromFloat(values.data() + first, n, dtype, bytes.data());
+  }
+  return bytes;
+}
+
+constexpr unsigned char kPoison = 0xff;  // NaN in bf16 and f32 alike
+
+// The first expected.size() bytes of `data` equal `expected`; the `tail` bytes after them
+// still hold the poison.
+::testing::AssertionResult BytesAre(const char* data, const std::vector<char>& expected,
+                                    size_t tail) {
+  for (size_t i = 0; i < expected.size(); ++i) {
+    if (data[i] != expected[i]) return ::testing::AssertionFailure() << "byte " << i << " differs";
+  }
+  for (size_t i = 0; i < tail; ++i) {
+    if (static_cast<unsigned char>(data[expected.size() + i]) != kPoison) {
+      return ::testing::AssertionFailure() << "byte " << i << " past the copy was written";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Into page-locked blocks and into ordinary (pageable) memory, at odd sizes
+// and offsets: the same bytes as the host's conversion and as CopyToHost.
+TEST_F(CudaParityTest, CopyToHostAsyncEqualsCopyToHost) {
+  constexpr size_t kTail = 64;
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    for (size_t n : {size_t{1}, size_t{3}, size_t{17}, size_t{129} * 3072}) {
+      for (size_t offset : {size_t{0}, size_t{7}}) {
+        SCOPED_TRACE(std::string(DTypeName(dtype)) + " n=" + std::to_string(n) +
+                     " offset=" + std::to_string(offset));
+        const std::vector<float> values = Random(offset + n + 5);
+        const BufferPtr buffer = Make(*cuda_, values, dtype);
+        const std::vector<char> expected = StoredBytes(values, offset, n, dtype);
+
+        auto block = cuda_->AllocateHostBlock(expected.size() + kTail);
+        ASSERT_TRUE(block.ok()) << block.status();
+        ASSERT_EQ((*block)->size(), expected.size() + kTail);
+        std::memset((*block)->data(), kPoison, (*block)->size());
+        auto copy = cuda_->CopyToHostAsync(*buffer, offset, n, (*block)->data());
+        ASSERT_TRUE(copy.ok()) << copy.status();
+        ASSERT_TRUE((*copy)->Wait().ok());
+        EXPECT_TRUE((*copy)->Ready());
+        EXPECT_TRUE((*copy)->Wait().ok());  // a second Wait says the same
+        EXPECT_TRUE(BytesAre((*block)->data(), expected, kTail)) << Seed();
+
+        std::vector<char> pageable(expected.size() + kTail, static_cast<char>(kPoison));
+        auto pageable_copy = cuda_->CopyToHostAsync(*buffer, offset, n, pageable.data());
+        ASSERT_TRUE(pageable_copy.ok()) << pageable_copy.status();
+        ASSERT_TRUE((*pageable_copy)->Wait().ok());
+        EXPECT_TRUE(BytesAre(pageable.data(), expected, kTail)) << Seed();
+
+        std::vector<char> synchronous(expected.size());
+        ASSERT_TRUE(cuda_->CopyToHost(*buffer, offset, n, synchronous.data(), dtype).ok());
+        EXPECT_EQ(synchronous, expected) << Seed();
+      }
+    }
+  }
+  EXPECT_TRUE(cuda_->Synchronize().ok());
+}
+
+// The copy sees the source as the ops queued before the call leave it: an
+// op queued right after may overwrite the source without reaching the
+// destination. 16 MiB take ~0.3 ms over PCIe and ~10 us to overwrite on the
+// device, so a copy that read the source itself would very likely see the
+// new data.
+TEST_F(CudaParityTest, CopyToHostAsyncIsNotChangedByLaterOps) {
+  const size_t n = size_t{8} << 20;
+  const std::vector<float> first = Random(n);
+  const std::vector<float> second = Random(n);
+  const std::vector<float> third = Random(n);
+  const BufferPtr src = Make(*cuda_, first, DType::kBF16);
+  const BufferPtr other = Make(*cuda_, second, DType::kBF16);
+  auto block = cuda_->AllocateHostBlock(n * 2);
+  ASSERT_TRUE(block.ok()) << block.status();
+
+  // Overwritten by a device-to-device copy on the compute stream.
+  std::memset((*block)->data(), kPoison, (*block)->size());
+  auto copy = cuda_->CopyToHostAsync(*src, 0, n, (*block)->data());
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  cuda_->CopyElements(*other, 0, *src, 0, n);
+  ASSERT_TRUE((*copy)->Wait().ok());
+  EXPECT_TRUE(BytesAre((*block)->data(), StoredBytes(first, 0, n, DType::kBF16), 0)) << Seed();
+  std::vector<char> now(n * 2);
+  ASSERT_TRUE(cuda_->CopyToHost(*src, 0, n, now.data(), DType::kBF16).ok());
+  EXPECT_EQ(now, StoredBytes(second, 0, n, DType::kBF16)) << "the overwrite did not run";
+
+  // Overwritten from the host.
+  std::memset((*block)->data(), kPoison, (*block)->size());
+  copy = cuda_->CopyToHostAsync(*src, 0, n, (*block)->data());
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  ASSERT_TRUE(cuda_->CopyToDevice(third.data(), DType::kF32, n, *src, 0).ok());
+  ASSERT_TRUE((*copy)->Wait().ok());
+  EXPECT_TRUE(BytesAre((*block)->data(), StoredBytes(second, 0, n, DType::kBF16), 0)) << Seed();
+  EXPECT_TRUE(cuda_->Synchronize().ok());
+}
+
+// Many copies in flight at once from one work buffer that each next op
+// overwrites (the Transformer's K/V buffers, layer after layer), waited in
+// reverse order; the last few are not waited at all, their destructor does.
+TEST_F(CudaParityTest, CopyToHostAsyncManyInFlight) {
+  constexpr int kCopies = 24;
+  constexpr int kUnwaited = 4;
+  const size_t m = size_t{129} * 3072;
+  const BufferPtr work = Make(*cuda_, std::vector<float>(m, kNaN), DType::kBF16);
+  std::vector<std::vector<float>> values;
+  std::vector<BufferPtr> sources;
+  std::vector<HostBlockPtr> blocks;
+  std::vector<std::unique_ptr<HostCopy>> copies;
+  for (int i = 0; i < kCopies; ++i) {
+    values.push_back(Random(m));
+    sources.push_back(Make(*cuda_, values.back(), DType::kBF16));
+  }
+  ASSERT_TRUE(cuda_->Synchronize().ok());
+  for (int i = 0; i < kCopies; ++i) {
+    const size_t offset = i % 5;
+    auto block = cuda_->AllocateHostBlock((m - offset) * 2);
+    ASSERT_TRUE(block.ok()) << block.status();
+    std::memset((*block)->data(), kPoison, (*block)->size());
+    blocks.push_back(std::move(block).value());
+    cuda_->CopyElements(*sources[i], 0, *work, 0, m);
+    auto copy = cuda_->CopyToHostAsync(*work, offset, m - offset, blocks.back()->data());
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    copies.push_back(std::move(copy).value());
+  }
+  for (int i = kCopies - 1; i >= 0; --i) {
+    if (i >= kCopies - kUnwaited) {
+      copies[i].reset();  // waits
+    } else {
+      ASSERT_TRUE(copies[i]->Wait().ok()) << "copy " << i;
+      EXPECT_TRUE(copies[i]->Ready());
+    }
+    const size_t offset = i % 5;
+    EXPECT_TRUE(
+        BytesAre(blocks[i]->data(), StoredBytes(values[i], offset, m - offset, DType::kBF16), 0))
+        << "copy " << i << Seed();
+  }
+  EXPECT_TRUE(cuda_->Synchronize().ok());
+}
+
+TEST_F(CudaParityTest, CopyToHostAsyncErrorsAndEmptyCopies) {
+  const std::vector<float> values = Random(10);
+  const BufferPtr buffer = Make(*cuda_, values, DType::kF32);
+  auto block = cuda_->AllocateHostBlock(64);
+  ASSERT_TRUE(block.ok()) << block.status();
+  std::memset((*block)->data(), kPoison, 64);
+  char* dst = (*block)->data();
+  EXPECT_EQ(cuda_->CopyToHostAsync(*buffer, 3, 8, dst).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cuda_->CopyToHostAsync(*buffer, 11, 0, dst).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cuda_->CopyToHostAsync(*buffer, SIZE_MAX, 2, dst).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  for (size_t offset : {size_t{0}, size_t{10}}) {
+    auto empty = cuda_->CopyToHostAsync(*buffer, offset, 0, dst);
+    ASSERT_TRUE(empty.ok()) << empty.status();
+    EXPECT_TRUE((*empty)->Ready());
+    EXPECT_TRUE((*empty)->Wait().ok());
+  }
+  EXPECT_TRUE(BytesAre(dst, {}, 64)) << "a refused or empty copy wrote";
+  // Nothing sticky: the backend goes on working.
+  EXPECT_TRUE(cuda_->Synchronize().ok());
+  auto copy = cuda_->CopyToHostAsync(*buffer, 2, 8, dst);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  ASSERT_TRUE((*copy)->Wait().ok());
+  EXPECT_TRUE(BytesAre(dst, StoredBytes(values, 2, 8, DType::kF32), 64 - 32));
+}
+
+// Blocks are page-locked (so the DMA engine writes them without a bounce),
+// a zero-byte block still has an address, an impossible size is a clean
+// RESOURCE_EXHAUSTED naming the bytes.
+TEST_F(CudaParityTest, AllocateHostBlockIsPageLocked) {
+  auto block = cuda_->AllocateHostBlock(3000);
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ((*block)->size(), 3000u);
+  cudaPointerAttributes attributes{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attributes, (*block)->data()), cudaSuccess);
+  EXPECT_EQ(attributes.type, cudaMemoryTypeHost);
+  std::memset((*block)->data(), 1, 3000);
+
+  auto empty = cuda_->AllocateHostBlock(0);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ((*empty)->size(), 0u);
+  EXPECT_NE((*empty)->data(), nullptr);
+
+  // 1 EiB: past any address space (even 57-bit), so it fails at once.
+  const size_t huge = size_t{1} << 60;
+  auto too_much = cuda_->AllocateHostBlock(huge);
+  EXPECT_EQ(too_much.status().code(), absl::StatusCode::kResourceExhausted) << too_much.status();
+  EXPECT_NE(std::string(too_much.status().message()).find(std::to_string(huge)), std::string::npos)
+      << too_much.status();
+  EXPECT_TRUE(cuda_->Synchronize().ok());
+  EXPECT_TRUE(cuda_->AllocateHostBlock(1 << 20).ok());
+}
+
+// Host blocks may outlive their backend (gRPC may still be sending them)
+// and die on another thread.
+TEST_F(CudaParityTest, HostBlocksOutliveTheBackend) {
+  auto backend = CreateCudaBackend();
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  const std::vector<float> values = Random(1000);
+  HostBlockPtr block;
+  HostBlockPtr unused;
+  {
+    const BufferPtr buffer = Make(**backend, values, DType::kBF16);
+    auto allocated = (*backend)->AllocateHostBlock(2000);
+    ASSERT_TRUE(allocated.ok()) << allocated.status();
+    block = std::move(allocated).value();
+    auto other = (*backend)->AllocateHostBlock(5000);
+    ASSERT_TRUE(other.ok()) << other.status();
+    unused = std::move(other).value();
+    auto copy = (*backend)->CopyToHostAsync(*buffer, 0, 1000, block->data());
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    ASSERT_TRUE((*copy)->Wait().ok());
+  }
+  backend->reset();
+  EXPECT_TRUE(BytesAre(block->data(), StoredBytes(values, 0, 1000, DType::kBF16), 0));
+  std::thread([&] { unused.reset(); }).join();
+  block.reset();
+}
+
+// The pool's pinned kind: page-locked blocks, cached by size class and
+// handed out again.
+TEST(CudaMemoryPoolTest, PinnedHostBlocksAreCachedAndReused) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << kNoCudaDevice;
+  gpu::DeviceMemoryPool pool(gpu::PoolMemory::kPinnedHost);
+  void* block = nullptr;
+  size_t capacity = 0;
+  ASSERT_EQ(pool.Allocate(3000, &block, &capacity), cudaSuccess);
+  EXPECT_EQ(capacity, gpu::DeviceMemoryPool::SizeClass(3000));
+  cudaPointerAttributes attributes{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attributes, block), cudaSuccess);
+  EXPECT_EQ(attributes.type, cudaMemoryTypeHost);
+  std::memset(block, 1, capacity);
+  pool.Free(block, capacity);
+  EXPECT_EQ(pool.cached_bytes(), capacity);
+  void* again = nullptr;
+  size_t again_capacity = 0;
+  ASSERT_EQ(pool.Allocate(2900, &again, &again_capacity), cudaSuccess);
+  EXPECT_EQ(again, block);
+  EXPECT_EQ(pool.cached_bytes(), 0u);
+  pool.Free(again, again_capacity);
+  pool.ReleaseCached();
+  EXPECT_EQ(pool.cached_bytes(), 0u);
 }
 
 // ---- kernels without a Backend op ------------------------------------------------

@@ -7,10 +7,16 @@
 //     once (and, at large batch, the KV cache), a KV pack moves its bytes;
 //   * cuBLAS's bf16 GEMM rate on an 8192^3 product of random data, with
 //     float32 accumulation and output as the backend calls it: the limit for
-//     prefill, whose FLOPs are the GEMMs plus causal attention.
+//     prefill, whose FLOPs are the GEMMs plus causal attention;
+//   * device-to-host copy bandwidth into page-locked memory (PCIe), what the
+//     prefill's KV stream to the host costs when nothing hides it.
 // Each timing is printed with its limit and the ratio time / limit (1.0 would
-// be perfect). Weights are random bf16 generated on the device
-// (CudaBackendOptions::synthetic_weights), so no 7.6 GB checkpoint is read;
+// be perfect). The prefill of 512 tokens runs twice more with every layer's
+// K and V going to page-locked host blocks, as the prefill service sends
+// them: once with a synchronous CopyToHost per tensor, once with
+// CopyToHostAsync (each layer waits for the previous layer's copies); their
+// limit is the prefill without KV, so time/limit is the KV stream's cost. Weights are random bf16
+// generated on the device (CudaBackendOptions::synthetic_weights), so no 7.6 GB checkpoint is read;
 // the KV cache is filled with random values too (never time zeros).
 //
 // Timing: CUDA events on the legacy default stream, which orders against the
@@ -49,6 +55,7 @@ constexpr int kContext = 512;  // tokens cached per sequence for the decode rows
 constexpr int kBlockSize = 16;
 constexpr int kBatchSizes[] = {1, 8, 32, 128};
 constexpr int kPrefillLengths[] = {128, 512, 2048};
+constexpr int kKvPrefillLength = 512;  // one of kPrefillLengths: the KV-to-host rows
 
 [[noreturn]] void Fail(const std::string& what) {
   std::fprintf(stderr, "pdserve-gpu-bench: %s\n", what.c_str());
@@ -114,6 +121,20 @@ void FillRandom(void* data, size_t bf16_elements, uint64_t seed) {
   params.n = bf16_elements;
   params.seed = seed;
   Check(gpu::InvokeRandomFill(params, nullptr), "random fill");
+}
+
+// Bytes per second of a large device-to-host copy into page-locked memory.
+double HostCopyBandwidth(int repeats) {
+  const size_t bytes = size_t{256} << 20;
+  DeviceArray src(bytes);
+  FillRandom(src.data, bytes / 2, 4);
+  void* host = nullptr;
+  Check(cudaHostAlloc(&host, bytes, cudaHostAllocDefault), "cudaHostAlloc");
+  const Timing t = Time(2, repeats, [&] {
+    Check(cudaMemcpyAsync(host, src.data, bytes, cudaMemcpyDeviceToHost, 0), "copy to host");
+  });
+  cudaFreeHost(host);
+  return bytes / (t.median_ms * 1e-3);
 }
 
 // Bytes per second of a large device-to-device copy, read + written.
@@ -242,8 +263,9 @@ int Run(int layers, int repeats) {
 
   const double copy_bandwidth = CopyBandwidth(repeats);
   const double gemm_rate = GemmRate(repeats);
-  std::printf("ceilings: copy %.2f TB/s, bf16 GEMM %.0f TFLOP/s\n", copy_bandwidth / 1e12,
-              gemm_rate / 1e12);
+  const double host_bandwidth = HostCopyBandwidth(repeats);
+  std::printf("ceilings: copy %.2f TB/s, bf16 GEMM %.0f TFLOP/s, to pinned host %.1f GB/s\n",
+              copy_bandwidth / 1e12, gemm_rate / 1e12, host_bandwidth / 1e9);
   std::fflush(stdout);
 
   const ModelConfig config = Phi3MiniConfig(layers);
@@ -321,11 +343,14 @@ int Run(int layers, int repeats) {
   }
 
   // Prefill (the decode KV cache is gone: its memory is free again).
+  const int prefill_repeats = std::max(3, repeats / 2);
+  Timing kv_baseline;  // prefill of kKvPrefillLength tokens without KV
   for (int n : kPrefillLengths) {
     std::vector<int32_t> prompt(n);
     for (int32_t& id : prompt) id = token(rng);
-    const Timing t = Time(1, std::max(3, repeats / 2),
-                          [&] { Value(model->Prefill(prompt, LayerKvSink()), "Prefill"); });
+    const Timing t =
+        Time(1, prefill_repeats, [&] { Value(model->Prefill(prompt, LayerKvSink()), "Prefill"); });
+    if (n == kKvPrefillLength) kv_baseline = t;
     const double gemm_flops = 2.0 * n * config.num_layers * LayerLinearParams(config);
     const double attention_flops = 4.0 * config.head_dim * config.num_heads * config.num_layers *
                                    (static_cast<double>(n) * (n + 1) / 2);
@@ -335,13 +360,86 @@ int Run(int layers, int repeats) {
                     flops / gemm_rate * 1e3, "FLOPs / GEMM rate"});
   }
 
+  // Prefill with the KV of every layer going to page-locked host blocks
+  // (pooled by the backend: after the warm-up run no block is allocated
+  // from the driver).
+  {
+    std::vector<int32_t> prompt(kKvPrefillLength);
+    for (int32_t& id : prompt) id = token(rng);
+    const double kv_bytes = 2.0 /*K,V*/ * config.num_layers * kKvPrefillLength * kv_width *
+                            DTypeSize(backend->kv_dtype());
+    const std::string label = "prefill " + std::to_string(kKvPrefillLength) + " + KV to host, ";
+    const std::string basis = "prefill " + std::to_string(kKvPrefillLength) + " without KV";
+    auto overhead = [&](const Timing& t) {
+      return Format("+%.2f ms", t.median_ms - kv_baseline.median_ms);
+    };
+
+    std::vector<HostBlockPtr> blocks;
+    LayerKvSink synchronous = [&](int, const DeviceBuffer& k, const DeviceBuffer& v,
+                                  int num_tokens) -> absl::Status {
+      const size_t n = static_cast<size_t>(num_tokens) * kv_width;
+      for (const DeviceBuffer* tensor : {&k, &v}) {
+        absl::StatusOr<HostBlockPtr> block =
+            backend->AllocateHostBlock(n * DTypeSize(tensor->dtype()));
+        if (!block.ok()) return block.status();
+        blocks.push_back(std::move(block).value());
+        absl::Status copied =
+            backend->CopyToHost(*tensor, 0, n, blocks.back()->data(), tensor->dtype());
+        if (!copied.ok()) return copied;
+      }
+      return absl::OkStatus();
+    };
+    const Timing sync_time = Time(1, prefill_repeats, [&] {
+      Value(model->Prefill(prompt, synchronous), "Prefill, synchronous KV");
+      blocks.clear();
+    });
+    rows.push_back(
+        {label + "CopyToHost", sync_time,
+         overhead(sync_time) + Format(" (KV/D2H %.2f ms)", kv_bytes / host_bandwidth * 1e3),
+         kv_baseline.median_ms, basis});
+
+    // The prefill service's pattern: start this layer's copies, then wait
+    // for the previous layer's, so one layer's copies overlap the next
+    // layer's compute.
+    std::vector<std::unique_ptr<HostCopy>> pending;
+    LayerKvSink overlapped = [&](int, const DeviceBuffer& k, const DeviceBuffer& v,
+                                 int num_tokens) -> absl::Status {
+      const size_t n = static_cast<size_t>(num_tokens) * kv_width;
+      std::vector<std::unique_ptr<HostCopy>> started;
+      for (const DeviceBuffer* tensor : {&k, &v}) {
+        absl::StatusOr<HostBlockPtr> block =
+            backend->AllocateHostBlock(n * DTypeSize(tensor->dtype()));
+        if (!block.ok()) return block.status();
+        blocks.push_back(std::move(block).value());
+        absl::StatusOr<std::unique_ptr<HostCopy>> copy =
+            backend->CopyToHostAsync(*tensor, 0, n, blocks.back()->data());
+        if (!copy.ok()) return copy.status();
+        started.push_back(std::move(copy).value());
+      }
+      for (const std::unique_ptr<HostCopy>& copy : pending) {
+        absl::Status waited = copy->Wait();
+        if (!waited.ok()) return waited;
+      }
+      pending = std::move(started);
+      return absl::OkStatus();
+    };
+    const Timing async_time = Time(1, prefill_repeats, [&] {
+      Value(model->Prefill(prompt, overlapped), "Prefill, overlapped KV");
+      for (const std::unique_ptr<HostCopy>& copy : pending) Check(copy->Wait(), "last KV copy");
+      pending.clear();
+      blocks.clear();
+    });
+    rows.push_back({label + "CopyToHostAsync", async_time, overhead(async_time),
+                    kv_baseline.median_ms, basis});
+  }
+
   // The table last: the reply of a remote run carries the end of the output.
   std::printf("\n## pdserve-gpu-bench: %s, Phi-3-mini shape (%d layers), bf16 weights and KV\n",
               props.name, layers);
   std::printf(
       "ceilings measured in this run: device copy %.2f TB/s (read + write), cuBLAS bf16 "
-      "GEMM %.0f TFLOP/s (8192^3, random data)\n\n",
-      copy_bandwidth / 1e12, gemm_rate / 1e12);
+      "GEMM %.0f TFLOP/s (8192^3, random data), device to pinned host %.1f GB/s\n\n",
+      copy_bandwidth / 1e12, gemm_rate / 1e12, host_bandwidth / 1e9);
   std::printf(
       "| measurement | median ms | min..max ms | rate | limit ms | limit basis | time/limit |\n");
   std::printf("|---|---:|---:|---:|---:|---|---:|\n");

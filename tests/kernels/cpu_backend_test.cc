@@ -120,6 +120,50 @@ TEST_F(CpuBackendTest, CopyConvertsAndChecksRange) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The default CopyToHostAsync (shared/backend.cc): a finished copy of the
+// same bytes as CopyToHost in the buffer's own dtype, the same range check,
+// and heap blocks from AllocateHostBlock.
+TEST_F(CpuBackendTest, CopyToHostAsyncCopiesInTheBuffersDtypeAndChecksRange) {
+  const std::vector<float> values = Random(40);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string(DTypeName(dtype)));
+    auto buffer = backend_->Allocate(values.size(), dtype);
+    ASSERT_TRUE(buffer.ok());
+    ASSERT_TRUE(backend_->CopyToDevice(values.data(), DType::kF32, 40, **buffer, 0).ok());
+    const size_t size = DTypeSize(dtype);
+    // The stored bytes of elements [5, 22), from dtype.h's conversion.
+    std::vector<char> expected(17 * size);
+    ConvertFromFloat(values.data() + 5, 17, dtype, expected.data());
+
+    auto block = backend_->AllocateHostBlock(17 * size + 8);
+    ASSERT_TRUE(block.ok()) << block.status();
+    ASSERT_EQ((*block)->size(), 17 * size + 8);
+    std::memset((*block)->data(), 0x7f, (*block)->size());
+    auto copy = backend_->CopyToHostAsync(**buffer, 5, 17, (*block)->data());
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    EXPECT_TRUE((*copy)->Ready());
+    ASSERT_TRUE((*copy)->Wait().ok());
+    EXPECT_EQ(std::vector<char>((*block)->data(), (*block)->data() + expected.size()), expected);
+    for (size_t i = expected.size(); i < (*block)->size(); ++i) {
+      ASSERT_EQ((*block)->data()[i], 0x7f) << "byte " << i << " past the copy was written";
+    }
+    std::vector<char> synchronous(expected.size());
+    ASSERT_TRUE(backend_->CopyToHost(**buffer, 5, 17, synchronous.data(), dtype).ok());
+    EXPECT_EQ(synchronous, expected);
+
+    EXPECT_EQ(backend_->CopyToHostAsync(**buffer, 30, 11, (*block)->data()).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(backend_->CopyToHostAsync(**buffer, 41, 0, (*block)->data()).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    auto empty = backend_->CopyToHostAsync(**buffer, 40, 0, (*block)->data());
+    ASSERT_TRUE(empty.ok()) << empty.status();
+    EXPECT_TRUE((*empty)->Wait().ok());
+  }
+  auto zero = backend_->AllocateHostBlock(0);
+  ASSERT_TRUE(zero.ok());
+  EXPECT_EQ((*zero)->size(), 0u);
+}
+
 TEST_F(CpuBackendTest, UploadWeightAliasesOneF32BlockAndConcatenatesOthers) {
   std::vector<float> a = Random(3 * 5), b = Random(2 * 5);
   HostTensor ta{"a", DType::kF32, {3, 5}, a.data(), a.size() * 4};
