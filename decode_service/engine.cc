@@ -459,34 +459,49 @@ void Engine::StepRunning() {
         sample->owner->prompt_tokens() + static_cast<int>(sample->generated.size()) - 1;
     batch.Add(sample->generated.back(), position, *sample->kv);
   }
-  absl::StatusOr<std::vector<float>> logits;
+  std::vector<bool> want_logits(running_.size());
+  for (size_t i = 0; i < running_.size(); ++i) want_logits[i] = NeedsLogits(*running_[i]);
+  absl::StatusOr<DecodeStepOutput> out;
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
-    logits = transformer_->DecodeStep(batch, *cache_);
+    out = transformer_->DecodeStep(batch, *cache_, want_logits);
   }
   const std::vector<Sample*> stepped = running_;  // samples may finish below
-  if (!logits.ok()) {
+  if (!out.ok()) {
     std::vector<Sequence*> owners;
     for (Sample* sample : stepped) {
       if (!Contains(owners, sample->owner)) owners.push_back(sample->owner);
     }
-    for (Sequence* seq : owners) Retire(seq, logits.status());
+    for (Sequence* seq : owners) Retire(seq, out.status());
     return;
   }
-  const size_t vocab = logits->size() / stepped.size();
+  const size_t vocab = static_cast<size_t>(transformer_->config().vocab_size);
+  size_t row = 0;  // into out->logits, which holds the wanted rows only
   for (size_t i = 0; i < stepped.size(); ++i) {
     // A request is deleted only with its last sample, after every other one
     // of it in `stepped` has been handled: no pointer here dangles.
-    SampleAndAdvance(stepped[i], std::span<const float>(logits->data() + i * vocab, vocab));
+    if (want_logits[i]) {
+      SampleAndAdvance(stepped[i], std::span<const float>(out->logits.data() + row * vocab, vocab));
+      ++row;
+    } else {
+      SampleAndAdvance(stepped[i], {}, out->argmax[i]);
+    }
   }
   if (options_.on_step)
     options_.on_step(static_cast<int>(stepped.size()), absl::Now() - step_start);
 }
 
-void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits) {
+bool Engine::NeedsLogits(const Sample& sample) {
+  const GenerationRequest& request = sample.owner->request;
+  return request.logprobs || request.top_logprobs > 0 || !sample.sampler.IsPlainGreedy();
+}
+
+void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits, int32_t greedy_token) {
   Sequence* seq = sample->owner;
   const GenerationRequest& request = seq->request;
-  const int32_t token = sample->sampler.Sample(logits, request.prompt, sample->generated);
+  const int32_t token = logits.empty()
+                            ? greedy_token
+                            : sample->sampler.Sample(logits, request.prompt, sample->generated);
   const absl::Time now = absl::Now();
   if (seq->total_generated == 0) seq->first_token = now;
   sample->last_token = now;

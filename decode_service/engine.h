@@ -148,9 +148,15 @@ class Engine {
   // Creates the samples of `seq`, which must hold its prompt lease.
   absl::Status StartSamples(Sequence* seq);
   void StepRunning();
-  // Samples a token for `sample` from `logits` [vocab] (raw), appends it,
-  // streams it and finishes the sample when it is done.
-  void SampleAndAdvance(Sample* sample, std::span<const float> logits);
+  // True when `sample`'s next token needs its logits on the host: it
+  // samples, penalises or reports logprobs. Otherwise the step's device
+  // argmax is its token.
+  static bool NeedsLogits(const Sample& sample);
+  // Samples a token for `sample` from `logits` [vocab] (raw) or, when
+  // `logits` is empty, takes `greedy_token` (the device's argmax for a
+  // sample that !NeedsLogits), appends it, streams it and finishes the
+  // sample when it is done.
+  void SampleAndAdvance(Sample* sample, std::span<const float> logits, int32_t greedy_token = -1);
   // Ends one sample normally: frees its KV and sends `event` (its final
   // token); the request ends with it when it was the last sample.
   void FinishSample(Sample* sample, TokenEvent event);

@@ -221,6 +221,13 @@ class Backend {
                               const DeviceBuffer& context_lens, const PagedAttentionParams& params,
                               DeviceBuffer& out) = 0;
 
+  // Greedy decoding's pick: out[r] = the index of the largest x[r, j]. Ties
+  // go to the smallest index (as std::max_element and torch.argmax), NaN
+  // never wins, a row of only NaN gives 0. x: [rows, cols] float32
+  // (activation dtype); out: I32 [rows]. On a device it saves copying the
+  // rows (a vocabulary of floats each) to the host.
+  virtual void ArgmaxRows(const DeviceBuffer& x, int rows, int cols, DeviceBuffer& out) = 0;
+
   // Copies n elements from src[src_offset] to dst[dst_offset], same dtype.
   virtual void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                             size_t dst_offset, size_t n) = 0;

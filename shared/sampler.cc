@@ -37,10 +37,9 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
       {"frequency_penalty", params.frequency_penalty}};
   for (const auto& [name, value] : penalties) {
     if (!(std::abs(value) <= kMaxAbsPresenceFrequencyPenalty)) {  // also rejects NaN
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampling.", name, ": ", value, " must be in [-",
-                       kMaxAbsPresenceFrequencyPenalty, ", ", kMaxAbsPresenceFrequencyPenalty,
-                       "] (0 means off)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sampling.", name, ": ", value, " must be in [-", kMaxAbsPresenceFrequencyPenalty, ", ",
+          kMaxAbsPresenceFrequencyPenalty, "] (0 means off)"));
     }
   }
   return absl::OkStatus();
@@ -71,9 +70,8 @@ void ApplyRepetitionPenalty(std::vector<float>& scores, std::span<const int32_t>
 // "parameter details"): logit[t] -= presence * [count[t] > 0] + frequency * count[t],
 // counting t among the generated ids. Counted by sorting a copy rather than
 // with a vocabulary-sized table: the generated ids are far fewer.
-void ApplyPresenceFrequencyPenalties(std::vector<float>& scores,
-                                     std::span<const int32_t> generated, float presence,
-                                     float frequency) {
+void ApplyPresenceFrequencyPenalties(std::vector<float>& scores, std::span<const int32_t> generated,
+                                     float presence, float frequency) {
   std::vector<int32_t> ids(generated.begin(), generated.end());
   std::sort(ids.begin(), ids.end());
   for (size_t i = 0; i < ids.size();) {
@@ -87,16 +85,20 @@ void ApplyPresenceFrequencyPenalties(std::vector<float>& scores,
   }
 }
 
+// The rule of Backend::ArgmaxRows, which decides greedy rows on the device
+// instead: first wins ties, NaN never wins, only NaN gives 0.
 int32_t ArgMax(const std::vector<float>& scores) {
-  int32_t best = 0;
-  for (size_t i = 1; i < scores.size(); ++i) {
-    if (scores[i] > scores[best]) best = static_cast<int32_t>(i);  // first wins ties
+  int32_t best = -1;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    if (!std::isnan(scores[i]) && (best < 0 || scores[i] > scores[best])) {
+      best = static_cast<int32_t>(i);
+    }
   }
-  return best;
+  return best < 0 ? 0 : best;
 }
 
 struct Candidate {
-  float score;   // logit after the repetition penalty
+  float score;  // logit after the repetition penalty
   int32_t id;
   float weight;  // exp((score - max) / temperature), an unnormalised probability
 };
@@ -120,9 +122,8 @@ size_t SelectNucleus(std::vector<Candidate>& candidates, size_t kept, double tar
     // Partition [lo, hi) around the middle element, placed at `mid`.
     std::swap(candidates[lo + (hi - lo) / 2], candidates[hi - 1]);
     const Candidate pivot = candidates[hi - 1];
-    const auto mid_it =
-        std::partition(candidates.begin() + lo, candidates.begin() + hi - 1,
-                       [&pivot](const Candidate& c) { return Higher(c, pivot); });
+    const auto mid_it = std::partition(candidates.begin() + lo, candidates.begin() + hi - 1,
+                                       [&pivot](const Candidate& c) { return Higher(c, pivot); });
     std::swap(*mid_it, candidates[hi - 1]);
     const size_t mid = mid_it - candidates.begin();
     double higher_mass = 0.0;
@@ -188,8 +189,9 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
     // exp(0) = 1) survives top-k and top-p, so the cut is weight >= min_p.
     // Renormalising after top-k/top-p scales every p alike: the ratio, and so
     // the kept set, is the same as on the full distribution.
-    const auto end = std::partition(candidates.begin(), candidates.begin() + kept,
-                                    [this](const Candidate& c) { return c.weight >= params_.min_p; });
+    const auto end =
+        std::partition(candidates.begin(), candidates.begin() + kept,
+                       [this](const Candidate& c) { return c.weight >= params_.min_p; });
     kept = static_cast<size_t>(end - candidates.begin());
     total = 0.0;
     for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;

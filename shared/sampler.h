@@ -13,11 +13,11 @@ namespace pdserve {
 // Fields after `seed` were added later; they come last so that brace
 // initialisation of the first five keeps its meaning.
 struct SamplingParams {
-  float temperature = 0.0f;  // 0: greedy (argmax); otherwise > 0
-  int top_k = 0;             // 0: off; otherwise keep the k most likely tokens
-  float top_p = 1.0f;        // (0, 1]; nucleus sampling (Holtzman et al. 2019)
+  float temperature = 0.0f;         // 0: greedy (argmax); otherwise > 0
+  int top_k = 0;                    // 0: off; otherwise keep the k most likely tokens
+  float top_p = 1.0f;               // (0, 1]; nucleus sampling (Holtzman et al. 2019)
   float repetition_penalty = 1.0f;  // > 0; 1: off (Keskar et al. 2019, CTRL)
-  uint64_t seed = 0;  // the random stream; same seed + same logits = same tokens
+  uint64_t seed = 0;                // the random stream; same seed + same logits = same tokens
   // [0, 1]; 0: off. Min-p sampling (Nguyen et al. 2024, "Turning Up the
   // Heat: Min-p Sampling"): keep the tokens whose probability is at least
   // min_p times the most likely token's, after temperature.
@@ -55,6 +55,14 @@ class Sampler {
   // seed gives the same tokens for the same logits.
   int32_t Sample(std::span<const float> logits, std::span<const int32_t> prompt,
                  std::span<const int32_t> generated);
+
+  // True when Sample is the plain argmax of the logits (temperature 0 and
+  // no penalty), so the caller may take Backend::ArgmaxRows's pick instead
+  // (same rule) and skip the logits. Such a step draws no random value.
+  bool IsPlainGreedy() const {
+    return params_.temperature == 0.0f && params_.repetition_penalty == 1.0f &&
+           params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f;
+  }
 
   // The same with every id of `history` treated as prompt: presence and
   // frequency penalties see nothing (the form that predates them).

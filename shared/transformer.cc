@@ -185,8 +185,8 @@ absl::Status ValidateCapture(const PrefillSequence& sequence, const ModelConfig&
                                                      c.num_layers, ")"));
     }
     if (std::find(layers.begin(), layers.begin() + i, layers[i]) != layers.begin() + i) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".hidden_state_layers[", i,
-                                                     "]: layer ", layers[i], " asked for twice"));
+      return absl::InvalidArgumentError(absl::StrCat(field, ".hidden_state_layers[", i, "]: layer ",
+                                                     layers[i], " asked for twice"));
     }
   }
   if (!sequence.capture.empty() && !sequence.hidden_sink) {
@@ -224,8 +224,8 @@ class PrefillBatchRunner {
     budget_ = options.chunk_tokens > 0 ? options.chunk_tokens : INT_MAX;
     if (options.chunk_tokens < 0) {
       for (size_t i = 0; i < sequences.size(); ++i) {
-        Finish(i, absl::InvalidArgumentError(absl::StrCat(
-                      "chunk_tokens: ", options.chunk_tokens, " is negative (0: no chunking)")));
+        Finish(i, absl::InvalidArgumentError(absl::StrCat("chunk_tokens: ", options.chunk_tokens,
+                                                          " is negative (0: no chunking)")));
       }
     }
   }
@@ -279,8 +279,8 @@ class PrefillBatchRunner {
   };
   struct Prompt {
     int num_tokens = 0;
-    int next_token = 0;     // tokens before it have been through a step
-    bool finished = false;  // its outcome is in result_ (and `done` has run)
+    int next_token = 0;          // tokens before it have been through a step
+    bool finished = false;       // its outcome is in result_ (and `done` has run)
     std::vector<bool> captures;  // [num_layers + 1]: hidden states after layer i - 1
     // Prompts spanning several steps: K and V of every layer, [n, kv] each.
     std::vector<BufferPtr> k, v;
@@ -353,7 +353,8 @@ class PrefillBatchRunner {
                                                  : prompts_[piece.prompt].captures[layer + 1];
       if (!wanted) continue;
       values.resize(static_cast<size_t>(piece.count) * c_.hidden_size);
-      PDSERVE_RETURN_IF_ERROR(backend_.CopyToHost(x, static_cast<size_t>(piece.row) * c_.hidden_size,
+      PDSERVE_RETURN_IF_ERROR(backend_.CopyToHost(x,
+                                                  static_cast<size_t>(piece.row) * c_.hidden_size,
                                                   values.size(), values.data(), DType::kF32));
       absl::Status sunk = sequence.hidden_sink(layer, piece.first_token, piece.count, values);
       if (!sunk.ok()) Finish(piece.prompt, sunk);
@@ -389,8 +390,10 @@ class PrefillBatchRunner {
     if (!prompt.k.empty()) {
       k = prompt.k[l].get();
       v = prompt.v[l].get();
-      backend_.CopyElements(k_step, piece.row * kv, *prompt.k[l], piece.first_token * kv, rows * kv);
-      backend_.CopyElements(v_step, piece.row * kv, *prompt.v[l], piece.first_token * kv, rows * kv);
+      backend_.CopyElements(k_step, piece.row * kv, *prompt.k[l], piece.first_token * kv,
+                            rows * kv);
+      backend_.CopyElements(v_step, piece.row * kv, *prompt.v[l], piece.first_token * kv,
+                            rows * kv);
     } else if (!alone) {
       k = k_scratch_.get();
       v = v_scratch_.get();
@@ -405,12 +408,10 @@ class PrefillBatchRunner {
         return absl::OkStatus();  // its rows run on unattended; nobody reads them
       }
     }
-    const PrefillAttentionParams params{piece.count,
-                                        piece.first_token + piece.count,
-                                        c_.num_heads,
-                                        c_.num_kv_heads,
-                                        c_.head_dim,
-                                        1.0f / std::sqrt(static_cast<float>(c_.head_dim))};
+    const PrefillAttentionParams params{
+        piece.count,  piece.first_token + piece.count,
+        c_.num_heads, c_.num_kv_heads,
+        c_.head_dim,  1.0f / std::sqrt(static_cast<float>(c_.head_dim))};
     if (alone) {
       backend_.PrefillAttention(*a_.q, *k, *v, params, *a_.attn);
       return absl::OkStatus();
@@ -449,7 +450,8 @@ class PrefillBatchRunner {
     for (int l = 0; l < c_.num_layers; ++l) {
       const Transformer::LayerBuffers& w = model_.layers_[l];
       AttentionInputs(backend_, c_, *w.input_layernorm, *w.qkv_proj, *positions_, rows, a_);
-      if (k_step_) backend_.KvScatter(*a_.k, *a_.v, *identity_slots_, rows, KvWidth(), *k_step_, *v_step_);
+      if (k_step_)
+        backend_.KvScatter(*a_.k, *a_.v, *identity_slots_, rows, KvWidth(), *k_step_, *v_step_);
       for (const Piece& piece : pieces) {
         if (Live(piece)) PDSERVE_RETURN_IF_ERROR(AttendPiece(l, piece, alone, k_step, v_step));
       }
@@ -479,8 +481,9 @@ class PrefillBatchRunner {
     }
     if (completing.empty()) return backend_.Synchronize();
     if (last_ == nullptr) {
-      PDSERVE_ASSIGN_OR_RETURN(last_, backend_.Allocate(prompts_.size() * static_cast<size_t>(hidden),
-                                                        backend_.activation_dtype()));
+      PDSERVE_ASSIGN_OR_RETURN(last_,
+                               backend_.Allocate(prompts_.size() * static_cast<size_t>(hidden),
+                                                 backend_.activation_dtype()));
     }
     const int m = static_cast<int>(completing.size());
     for (int j = 0; j < m; ++j) {
@@ -491,7 +494,8 @@ class PrefillBatchRunner {
     if (!norm_all) backend_.RmsNorm(*last_, *model_.norm_, m, hidden, c_.rms_norm_eps, *last_);
     std::vector<float> values(static_cast<size_t>(m) * hidden);
     PDSERVE_RETURN_IF_ERROR(backend_.Synchronize());
-    PDSERVE_RETURN_IF_ERROR(backend_.CopyToHost(*last_, 0, values.size(), values.data(), DType::kF32));
+    PDSERVE_RETURN_IF_ERROR(
+        backend_.CopyToHost(*last_, 0, values.size(), values.data(), DType::kF32));
     for (int j = 0; j < m; ++j) {
       // A sink of the final-norm capture may have ended it meanwhile.
       if (!Live(*completing[j])) continue;
@@ -527,9 +531,8 @@ absl::StatusOr<std::vector<float>> Transformer::Prefill(std::span<const int32_t>
   if (sink) {
     // One step (no chunking), so every call covers tokens [0, n).
     sequence.kv_sink = [&sink](int layer, const DeviceBuffer& k, const DeviceBuffer& v,
-                               int /*first_token*/, int num_tokens) {
-      return sink(layer, k, v, num_tokens);
-    };
+                               int /*first_token*/,
+                               int num_tokens) { return sink(layer, k, v, num_tokens); };
   }
   PrefillBatchResult result = PrefillBatch(std::span<const PrefillSequence>(&sequence, 1), {});
   return std::move(result.final_hidden[0]);
@@ -627,9 +630,20 @@ absl::Status ValidateDecodeBatch(const DecodeBatch& batch, const ModelConfig& c,
 
 absl::StatusOr<std::vector<float>> Transformer::DecodeStep(const DecodeBatch& batch,
                                                            KvCache& cache) {
+  PDSERVE_ASSIGN_OR_RETURN(DecodeStepOutput out,
+                           DecodeStep(batch, cache, std::vector<bool>(batch.size(), true)));
+  return std::move(out.logits);
+}
+
+absl::StatusOr<DecodeStepOutput> Transformer::DecodeStep(const DecodeBatch& batch, KvCache& cache,
+                                                         const std::vector<bool>& want_logits) {
   const ModelConfig& c = config_;
   PDSERVE_RETURN_IF_ERROR(ValidateDecodeBatch(batch, c, cache));
   const int b = batch.size();
+  if (want_logits.size() != static_cast<size_t>(b)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode want_logits: ", want_logits.size(), " entries for a batch of ", b));
+  }
   Backend& backend = *backend_;
 
   PDSERVE_ASSIGN_OR_RETURN(Activations a, AllocateActivations(backend, c, b));
@@ -661,9 +675,29 @@ absl::StatusOr<std::vector<float>> Transformer::DecodeStep(const DecodeBatch& ba
   backend.RmsNorm(*a.x, *norm_, b, c.hidden_size, c.rms_norm_eps, *a.xb);
   const DeviceBuffer& lm_head = lm_head_ ? *lm_head_ : *embed_tokens_;
   backend.MatMul(*a.xb, lm_head, b, c.vocab_size, c.hidden_size, *logits, /*accumulate=*/false);
-  std::vector<float> out(logits->num_elements());
+  PDSERVE_ASSIGN_OR_RETURN(BufferPtr argmax, backend.Allocate(b, DType::kI32));
+  backend.ArgmaxRows(*logits, b, c.vocab_size, *argmax);
+  DecodeStepOutput out;
+  out.argmax.resize(b);
+  const size_t vocab = static_cast<size_t>(c.vocab_size);
+  out.logits.resize(std::count(want_logits.begin(), want_logits.end(), true) * vocab);
   PDSERVE_RETURN_IF_ERROR(backend.Synchronize());
-  PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*logits, 0, out.size(), out.data(), DType::kF32));
+  PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*argmax, 0, b, out.argmax.data(), DType::kI32));
+  // Consecutive wanted rows are one copy.
+  size_t copied = 0;
+  for (int first = 0; first < b;) {
+    if (!want_logits[first]) {
+      ++first;
+      continue;
+    }
+    int end = first;
+    while (end < b && want_logits[end]) ++end;
+    const size_t elements = static_cast<size_t>(end - first) * vocab;
+    PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*logits, static_cast<size_t>(first) * vocab,
+                                               elements, out.logits.data() + copied, DType::kF32));
+    copied += elements;
+    first = end;
+  }
   return out;
 }
 

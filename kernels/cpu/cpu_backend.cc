@@ -80,6 +80,10 @@ const int32_t* I32(const DeviceBuffer& buffer, size_t min_elements, const char* 
   return static_cast<const int32_t*>(buffer.data());
 }
 
+int32_t* I32Out(DeviceBuffer& buffer, size_t min_elements, const char* what) {
+  return const_cast<int32_t*>(I32(static_cast<const DeviceBuffer&>(buffer), min_elements, what));
+}
+
 size_t Product(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
 
 // Converts n elements between two float dtypes, or copies I32 to I32.
@@ -348,6 +352,12 @@ class CpuBackend final : public Backend {
     const size_t q_elements = Product(p.batch_size, p.num_heads * p.head_dim);
     cpu::PagedAttention(pool_, F32(q, q_elements, "PagedAttention q [b, h, hd]"), k_data, v_data,
                         tables, lens, p, F32(out, q_elements, "PagedAttention out [b, h, hd]"));
+  }
+
+  void ArgmaxRows(const DeviceBuffer& x, int rows, int cols, DeviceBuffer& out) override {
+    PDSERVE_CPU_CHECK(rows >= 0 && cols > 0, "ArgmaxRows rows >= 0, cols > 0");
+    cpu::ArgmaxRows(F32(x, Product(rows, cols), "ArgmaxRows x [rows, cols]"), rows, cols,
+                    I32Out(out, rows, "ArgmaxRows out [rows]"));
   }
 
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,

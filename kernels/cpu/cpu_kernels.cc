@@ -214,6 +214,18 @@ __attribute__((target("avx512f"))) void SiluMulRowAvx512(const float* gate, cons
 
 }  // namespace
 
+void ArgmaxRows(const float* x, int rows, int cols, int32_t* out) {
+  for (int r = 0; r < rows; ++r) {
+    const float* row = x + static_cast<size_t>(r) * cols;
+    int best = -1;
+    for (int j = 0; j < cols; ++j) {
+      // Strictly greater: the first of equal values stays (smallest index).
+      if (!std::isnan(row[j]) && (best < 0 || row[j] > row[best])) best = j;
+    }
+    out[r] = best < 0 ? 0 : best;
+  }
+}
+
 void SiluMul(const float* gate_up, int m, int f, float* out) {
   const bool avx512 = CpuHasAvx512F();
   for (int i = 0; i < m; ++i) {

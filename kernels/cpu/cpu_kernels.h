@@ -56,6 +56,11 @@ void Rope(float* q, float* k, const int32_t* positions, int n, int num_heads, in
 // out[i, j] = silu(gate_up[i, j]) * gate_up[i, f + j]. gate_up: [m, 2f]; out: [m, f].
 void SiluMul(const float* gate_up, int m, int f, float* out);
 
+// out[r] = the index of the largest x[r, j] (Backend::ArgmaxRows): ties to
+// the smallest index, NaN never wins, a row of only NaN gives 0.
+// x: [rows, cols]; out: [rows].
+void ArgmaxRows(const float* x, int rows, int cols, int32_t* out);
+
 // Causal grouped-query attention over contiguous K/V (see
 // Backend::PrefillAttention). q, out: [n, h, hd]; k, v: [t, kvh, hd].
 void PrefillAttention(const float* q, const float* k, const float* v,

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/argmax.h"
 #include "kernels/cuda/causal_attention.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/device_memory_pool.h"
@@ -755,6 +756,19 @@ class CudaBackend final : public Backend {
     params.num_blocks = NumSlots(k_cache, kv_width) / p.block_size;
     params.scale = p.scale;
     Launch("PagedAttention", params, gpu::InvokePagedDecodeAttention);
+  }
+
+  void ArgmaxRows(const DeviceBuffer& x, int rows, int cols, DeviceBuffer& out) override {
+    PDSERVE_CUDA_CHECK(rows >= 0 && cols > 0, "ArgmaxRows sizes");
+    CheckFloat(x, Product(rows, cols), "ArgmaxRows x [rows, cols]");
+    CheckIds(out, rows, "ArgmaxRows out [rows]");
+    gpu::ArgmaxParams params;
+    params.logits = x.data();
+    params.logits_type = ToElementType(x.dtype());
+    params.out = static_cast<int32_t*>(out.data());
+    params.b = rows;
+    params.vocab = cols;
+    Launch("ArgmaxRows", params, gpu::InvokeArgmax);
   }
 
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,

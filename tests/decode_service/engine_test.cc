@@ -247,6 +247,44 @@ TEST_F(EngineTest, ConcurrentSequencesGetTheirSoloGreedyTokens) {
   }
 }
 
+// A step's rows differ in what they need from it: plain greedy rows take
+// the device's argmax, the others (sampling, a penalty, logprobs) their
+// packed logits. In one batch each still gets its solo tokens, so no row
+// reads another's logits or pick.
+TEST_F(EngineTest, MixedBatchOfGreedyAndLogitRowsGetTheirSoloTokens) {
+  MakeEngine();
+  std::vector<GenerationRequest> requests;
+  for (const std::string& prompt : StoryPrompts()) requests.push_back(Request(prompt, 32));
+  ASSERT_GE(requests.size(), 4u);
+  requests[1].sampling.temperature = 0.8f;
+  requests[1].sampling.seed = 7;
+  requests[2].logprobs = true;
+  requests[3].sampling.repetition_penalty = 1.3f;
+  for (GenerationRequest& request : requests) request.ignore_eos = true;
+  std::vector<std::vector<int32_t>> alone;
+  for (const GenerationRequest& request : requests) alone.push_back(GenerateAlone(request));
+  RecordingObserver logprobs_alone;
+  ASSERT_TRUE(engine_->Submit(requests[2], &logprobs_alone).ok());
+  ASSERT_TRUE(logprobs_alone.WaitDone());
+  std::vector<std::unique_ptr<RecordingObserver>> observers;
+  for (const GenerationRequest& request : requests) {
+    observers.push_back(std::make_unique<RecordingObserver>());
+    ASSERT_TRUE(engine_->Submit(request, observers.back().get()).ok());
+  }
+  for (size_t i = 0; i < observers.size(); ++i) {
+    ASSERT_TRUE(observers[i]->WaitDone());
+    ASSERT_TRUE(observers[i]->status().ok()) << observers[i]->status();
+    EXPECT_EQ(observers[i]->token_ids(), alone[i]) << "request " << i;
+  }
+  const std::vector<TokenEvent>& solo = logprobs_alone.events();
+  const std::vector<TokenEvent>& batched = observers[2]->events();
+  ASSERT_EQ(batched.size(), solo.size());
+  for (size_t t = 0; t < solo.size(); ++t) {
+    ASSERT_TRUE(batched[t].logprob.has_value() && solo[t].logprob.has_value()) << "token " << t;
+    EXPECT_NEAR(*batched[t].logprob, *solo[t].logprob, 1e-4f) << "token " << t;
+  }
+}
+
 TEST_F(EngineTest, BatchCapBelowTheLoadStillGivesSoloTokens) {
   MakeEngine(/*num_blocks=*/512, /*block_size=*/16, /*max_batch_size=*/3);
   std::vector<std::vector<int32_t>> alone;

@@ -956,6 +956,21 @@ TEST_F(CudaParityTest, ArgmaxKernel) {
       cudaFree(device_logits);
       cudaFree(device_out);
       EXPECT_EQ(actual, expected) << "vocab=" << vocab << " b=" << b << Seed();
+
+      // The same through Backend::ArgmaxRows, the op the decode step runs,
+      // on both backends (outputs poisoned with -1).
+      const Pair x = Activation(logits);
+      const Pair picked = Indices(std::vector<int32_t>(b, -1));
+      cpu_->ArgmaxRows(*x.cpu, b, vocab, *picked.cpu);
+      cuda_->ArgmaxRows(*x.cuda, b, vocab, *picked.cuda);
+      for (Backend* backend : {cpu_.get(), cuda_.get()}) {
+        const DeviceBuffer& out = backend == cpu_.get() ? *picked.cpu : *picked.cuda;
+        std::vector<int32_t> ids(b, -2);
+        ASSERT_TRUE(backend->Synchronize().ok());
+        ASSERT_TRUE(backend->CopyToHost(out, 0, b, ids.data(), DType::kI32).ok());
+        EXPECT_EQ(ids, expected) << backend->name() << " ArgmaxRows vocab=" << vocab << " b=" << b
+                                 << Seed();
+      }
     }
   }
 }

@@ -518,6 +518,28 @@ TEST_F(CpuBackendTest, PagedAttentionOverScatteredBlocks) {
   }
 }
 
+// Greedy decoding's pick, with hand-made rows: ties go to the earlier
+// index, NaN never wins, an all-NaN row gives 0, -inf can still win.
+TEST_F(CpuBackendTest, ArgmaxRows) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> rows = {
+      {0.5f, 2.0f, -1.0f, 2.0f, 1.0f},     // tie: 1
+      {kNaN, 3.0f, kNaN, 2.0f, 3.5f},      // NaN first: 4
+      {kNaN, kNaN, kNaN, kNaN, kNaN},      // only NaN: 0
+      {-inf, -inf, -inf, -inf, -inf},      // all equal: 0
+      {-7.0f, -3.0f, -9.0f, -3.0f, -8.0f}  // negatives, tie: 1
+  };
+  const std::vector<int32_t> expected = {1, 4, 0, 0, 1};
+  std::vector<float> flat;
+  for (const std::vector<float>& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+  auto x = Upload(flat);
+  auto out = UploadInts(std::vector<int32_t>(rows.size(), -1));
+  backend_->ArgmaxRows(*x, static_cast<int>(rows.size()), 5, *out);
+  std::vector<int32_t> got(rows.size(), -2);
+  ASSERT_TRUE(backend_->CopyToHost(*out, 0, got.size(), got.data(), DType::kI32).ok());
+  EXPECT_EQ(got, expected);
+}
+
 TEST_F(CpuBackendTest, CopyElements) {
   const std::vector<float> src = Random(40);
   auto sb = Upload(src);

@@ -246,6 +246,28 @@ TEST_F(TransformerTest, BatchedDecodeEqualsEachSequenceAlone) {
     auto logits = model_->DecodeStep(batch, *batched_cache);
     ASSERT_TRUE(logits.ok()) << logits.status();
     ASSERT_EQ(logits->size(), static_cast<size_t>(batch_size) * config_.vocab_size);
+    // The same step again (it rewrites the same K/V) asking for some rows'
+    // logits only: those rows come back packed, and every row's argmax is
+    // the greedy pick of its full logits.
+    std::vector<bool> want(batch_size);
+    for (int i = 0; i < batch_size; ++i) want[i] = (i + step) % 3 == 0;
+    auto partial = model_->DecodeStep(batch, *batched_cache, want);
+    ASSERT_TRUE(partial.ok()) << partial.status();
+    ASSERT_EQ(partial->argmax.size(), static_cast<size_t>(batch_size));
+    size_t packed = 0;
+    for (int i = 0; i < batch_size; ++i) {
+      const std::span<const float> row = std::span<const float>(*logits).subspan(
+          static_cast<size_t>(i) * config_.vocab_size, config_.vocab_size);
+      EXPECT_EQ(partial->argmax[i], ArgMax(row)) << "step " << step << " sequence " << i;
+      if (!want[i]) continue;
+      ASSERT_LE((packed + 1) * config_.vocab_size, partial->logits.size());
+      EXPECT_EQ(MaxAbsDifference(std::span<const float>(partial->logits)
+                                     .subspan(packed * config_.vocab_size, config_.vocab_size),
+                                 row),
+                0.0f);
+      ++packed;
+    }
+    EXPECT_EQ(partial->logits.size(), packed * config_.vocab_size);
     for (int i = 0; i < batch_size; ++i) {
       SCOPED_TRACE(testing::Message() << "step " << step << " sequence " << i);
       DecodeBatch single;
@@ -294,6 +316,11 @@ TEST_F(TransformerTest, InvalidInputsAreRejected) {
   mismatched.positions.push_back(0);
   EXPECT_EQ(model_->DecodeStep(mismatched, *cache).status().code(), invalid);
   EXPECT_EQ(model_->DecodeStep(DecodeBatch{}, *cache).status().code(), invalid);
+  DecodeBatch one;
+  one.Add(5, 3, **sequence);
+  const absl::Status wrong_size = model_->DecodeStep(one, *cache, {true, false}).status();
+  EXPECT_EQ(wrong_size.code(), invalid);
+  EXPECT_NE(std::string(wrong_size.message()).find("want_logits"), std::string::npos);
   EXPECT_EQ(cache->num_free_blocks(), free_before);
 }
 
@@ -481,8 +508,8 @@ TEST_F(BatchedPrefillTest, CapturedHiddenStatesMatchTheReference) {
   capture.hidden_state_layers = {4, -1, 0, 1, 2, 3};
   for (int chunk_tokens : {0, 2}) {
     for (bool with_other : {false, true}) {
-      SCOPED_TRACE(testing::Message() << "chunk_tokens " << chunk_tokens << " batched "
-                                      << with_other);
+      SCOPED_TRACE(testing::Message()
+                   << "chunk_tokens " << chunk_tokens << " batched " << with_other);
       std::vector<std::vector<int32_t>> prompts = {prompt};
       if (with_other) prompts.insert(prompts.begin(), golden_->at(1).prompt);
       std::vector<Collected> out;

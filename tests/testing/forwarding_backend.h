@@ -85,6 +85,9 @@ class ForwardingBackend : public Backend {
                       DeviceBuffer& out) override {
     inner_->PagedAttention(q, k_cache, v_cache, block_tables, context_lens, params, out);
   }
+  void ArgmaxRows(const DeviceBuffer& x, int rows, int cols, DeviceBuffer& out) override {
+    inner_->ArgmaxRows(x, rows, cols, out);
+  }
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                     size_t dst_offset, size_t n) override {
     inner_->CopyElements(src, src_offset, dst, dst_offset, n);
