@@ -228,6 +228,18 @@ class Backend {
   // rows (a vocabulary of floats each) to the host.
   virtual void ArgmaxRows(const DeviceBuffer& x, int rows, int cols, DeviceBuffer& out) = 0;
 
+  // The k largest entries of each row, for sampling from a few candidates
+  // on the host instead of copying the whole vocabulary (top-k sampling
+  // keeps only these). values[r, i], ids[r, i] for i < k: row r's entries in
+  // descending value order, ties to the smaller index (the order
+  // std::partial_sort with that comparison gives); NaN is never chosen, and
+  // when a row has fewer than k other entries the rest are (-inf, -1).
+  // x: [rows, cols] float32 (activation dtype); values: F32 [rows, k];
+  // ids: I32 [rows, k]; 1 <= k <= min(cols, kMaxTopKRows).
+  static constexpr int kMaxTopKRows = 64;
+  virtual void TopKRows(const DeviceBuffer& x, int rows, int cols, int k, DeviceBuffer& values,
+                        DeviceBuffer& ids) = 0;
+
   // Copies n elements from src[src_offset] to dst[dst_offset], same dtype.
   virtual void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                             size_t dst_offset, size_t n) = 0;

@@ -360,6 +360,15 @@ class CpuBackend final : public Backend {
                     I32Out(out, rows, "ArgmaxRows out [rows]"));
   }
 
+  void TopKRows(const DeviceBuffer& x, int rows, int cols, int k, DeviceBuffer& values,
+                DeviceBuffer& ids) override {
+    PDSERVE_CPU_CHECK(rows >= 0 && cols > 0 && k >= 1 && k <= std::min(cols, kMaxTopKRows),
+                      "TopKRows sizes: rows >= 0, 1 <= k <= min(cols, kMaxTopKRows)");
+    cpu::TopKRows(F32(x, Product(rows, cols), "TopKRows x [rows, cols]"), rows, cols, k,
+                  F32(values, Product(rows, k), "TopKRows values [rows, k]"),
+                  I32Out(ids, Product(rows, k), "TopKRows ids [rows, k]"));
+  }
+
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                     size_t dst_offset, size_t n) override {
     PDSERVE_CPU_CHECK(src.dtype() == dst.dtype(), "CopyElements dtypes differ");

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/cpu_amx.h"
@@ -223,6 +224,28 @@ void ArgmaxRows(const float* x, int rows, int cols, int32_t* out) {
       if (!std::isnan(row[j]) && (best < 0 || row[j] > row[best])) best = j;
     }
     out[r] = best < 0 ? 0 : best;
+  }
+}
+
+void TopKRows(const float* x, int rows, int cols, int k, float* values, int32_t* ids) {
+  std::vector<int32_t> order;
+  for (int r = 0; r < rows; ++r) {
+    const float* row = x + static_cast<size_t>(r) * cols;
+    order.clear();
+    for (int j = 0; j < cols; ++j) {
+      if (!std::isnan(row[j])) order.push_back(j);
+    }
+    const size_t kept = std::min<size_t>(order.size(), static_cast<size_t>(k));
+    std::partial_sort(
+        order.begin(), order.begin() + kept, order.end(),
+        [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    float* out_values = values + static_cast<size_t>(r) * k;
+    int32_t* out_ids = ids + static_cast<size_t>(r) * k;
+    for (int i = 0; i < k; ++i) {
+      const bool real = static_cast<size_t>(i) < kept;
+      out_values[i] = real ? row[order[i]] : -std::numeric_limits<float>::infinity();
+      out_ids[i] = real ? order[i] : -1;
+    }
   }
 }
 

@@ -61,6 +61,11 @@ void SiluMul(const float* gate_up, int m, int f, float* out);
 // x: [rows, cols]; out: [rows].
 void ArgmaxRows(const float* x, int rows, int cols, int32_t* out);
 
+// Each row's k largest entries (Backend::TopKRows): values/ids [rows, k],
+// descending, ties to the smaller index, NaN never chosen, (-inf, -1) past
+// a row's non-NaN entries.
+void TopKRows(const float* x, int rows, int cols, int k, float* values, int32_t* ids);
+
 // Causal grouped-query attention over contiguous K/V (see
 // Backend::PrefillAttention). q, out: [n, h, hd]; k, v: [t, kvh, hd].
 void PrefillAttention(const float* q, const float* k, const float* v,

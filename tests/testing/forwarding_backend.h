@@ -88,6 +88,10 @@ class ForwardingBackend : public Backend {
   void ArgmaxRows(const DeviceBuffer& x, int rows, int cols, DeviceBuffer& out) override {
     inner_->ArgmaxRows(x, rows, cols, out);
   }
+  void TopKRows(const DeviceBuffer& x, int rows, int cols, int k, DeviceBuffer& values,
+                DeviceBuffer& ids) override {
+    inner_->TopKRows(x, rows, cols, k, values, ids);
+  }
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,
                     size_t dst_offset, size_t n) override {
     inner_->CopyElements(src, src_offset, dst, dst_offset, n);
