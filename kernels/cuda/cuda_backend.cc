@@ -30,6 +30,7 @@
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/silu_mul.h"
 #include "kernels/cuda/split_qkv.h"
+#include "kernels/cuda/top_k_rows.h"
 #include "shared/buffer_range.h"
 #include "shared/weight_row_blocks.h"
 
@@ -769,6 +770,27 @@ class CudaBackend final : public Backend {
     params.b = rows;
     params.vocab = cols;
     Launch("ArgmaxRows", params, gpu::InvokeArgmax);
+  }
+
+  void TopKRows(const DeviceBuffer& x, int rows, int cols, int k, DeviceBuffer& values,
+                DeviceBuffer& ids) override {
+    PDSERVE_CUDA_CHECK(rows >= 0 && cols > 0 && k >= 1 && k <= std::min(cols, kMaxTopKRows),
+                       "TopKRows sizes: rows >= 0, 1 <= k <= min(cols, kMaxTopKRows)");
+    CheckFloat(x, Product(rows, cols), "TopKRows x [rows, cols]");
+    static_assert(gpu::TopKRowsParams::kMaxK == kMaxTopKRows);
+    PDSERVE_CUDA_CHECK(values.dtype() == DType::kF32 && values.num_elements() >= Product(rows, k),
+                       "TopKRows values F32 [rows, k]");
+    PDSERVE_CUDA_CHECK(Product(rows, k) <= static_cast<size_t>(INT32_MAX), "TopKRows rows * k");
+    CheckIds(ids, rows * k, "TopKRows ids [rows, k]");
+    gpu::TopKRowsParams params;
+    params.x = x.data();
+    params.x_type = ToElementType(x.dtype());
+    params.values = static_cast<float*>(values.data());
+    params.ids = static_cast<int32_t*>(ids.data());
+    params.rows = rows;
+    params.cols = cols;
+    params.k = k;
+    Launch("TopKRows", params, gpu::InvokeTopKRows);
   }
 
   void CopyElements(const DeviceBuffer& src, size_t src_offset, DeviceBuffer& dst,

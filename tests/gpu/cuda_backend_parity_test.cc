@@ -37,6 +37,7 @@
 #include "kernels/cuda/argmax.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/device_memory_pool.h"
+#include "kernels/cuda/top_k_rows.h"
 #include "shared/dtype.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -973,6 +974,143 @@ TEST_F(CudaParityTest, ArgmaxKernel) {
       }
     }
   }
+}
+
+// Device top-k (Backend::TopKRows) against the CPU backend's, bit for bit:
+// random rows and rows with planted ties (across the k-th place too), NaN,
+// -inf, ±0, a row of only NaN and rows with fewer than k non-NaN entries
+// (padded with (-inf, -1)). Outputs are poisoned first.
+TEST_F(CudaParityTest, TopKRowsKernel) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // Row r's pattern is r % 7: plain random, ties, NaN and -inf, all NaN,
+  // fewer than k non-NaN, few distinct values (ties everywhere), ±0 and ±inf.
+  auto fill_row = [&](float* r, int row, int cols, int k) {
+    switch (row % 7) {
+      case 1:  // a tie for the top place and one copied into the tail
+        r[RandomInt(0, cols - 1)] = 50.0f;
+        r[RandomInt(0, cols - 1)] = 50.0f;
+        r[RandomInt(0, cols - 1)] = r[RandomInt(0, cols - 1)];
+        break;
+      case 2:
+        for (int i = 0; i < 1 + cols / 8; ++i) r[RandomInt(0, cols - 1)] = kNaN;
+        for (int i = 0; i < 1 + cols / 8; ++i) r[RandomInt(0, cols - 1)] = -inf;
+        break;
+      case 3:
+        std::fill(r, r + cols, kNaN);
+        break;
+      case 4: {  // k - 1 entries survive, one of them -inf
+        std::vector<float> kept(r, r + cols);
+        std::fill(r, r + cols, kNaN);
+        for (int i = 0; i < k - 1; ++i) {
+          const int j = RandomInt(0, cols - 1);
+          r[j] = i == 0 ? -inf : kept[j];
+        }
+        break;
+      }
+      case 5:
+        for (int j = 0; j < cols; ++j) r[j] = static_cast<float>(RandomInt(-2, 2));
+        break;
+      case 6: {
+        const float specials[] = {0.0f, -0.0f, inf, -inf, 1.0f, -1.0f, kNaN};
+        for (int j = 0; j < cols; ++j) r[j] = specials[RandomInt(0, 6)];
+        break;
+      }
+      default:
+        break;
+    }
+  };
+  auto bits = [](const std::vector<float>& values) {
+    std::vector<uint32_t> out(values.size());
+    std::memcpy(out.data(), values.data(), values.size() * sizeof(float));
+    return out;
+  };
+  for (int cols : {1, 7, 64, 1000, 32064}) {
+    for (int k : {1, 7, 40, 64}) {  // k == cols at cols 1, 7 and 64
+      if (k > cols) continue;
+      for (int rows : kTokenCounts) {
+        std::vector<float> logits = RandomFloat32(static_cast<size_t>(rows) * cols, 10.0f);
+        for (int row = 0; row < rows; ++row) {
+          fill_row(logits.data() + static_cast<size_t>(row) * cols, row, cols, k);
+        }
+        const size_t n = static_cast<size_t>(rows) * k;
+        const Pair x = Activation(logits);
+        Pair values{Make(*cpu_, std::vector<float>(n, kNaN), DType::kF32),
+                    Make(*cuda_, std::vector<float>(n, kNaN), DType::kF32)};
+        const Pair ids = Indices(std::vector<int32_t>(n, -2));
+        cpu_->TopKRows(*x.cpu, rows, cols, k, *values.cpu, *ids.cpu);
+        cuda_->TopKRows(*x.cuda, rows, cols, k, *values.cuda, *ids.cuda);
+        const std::vector<float> expected_values = Read(*cpu_, *values.cpu, n);
+        const std::vector<float> actual_values = Read(*cuda_, *values.cuda, n);
+        std::vector<int32_t> expected_ids(n, -3);
+        std::vector<int32_t> actual_ids(n, -3);
+        ASSERT_TRUE(cpu_->CopyToHost(*ids.cpu, 0, n, expected_ids.data(), DType::kI32).ok());
+        ASSERT_TRUE(cuda_->CopyToHost(*ids.cuda, 0, n, actual_ids.data(), DType::kI32).ok());
+        const std::string what = " cols=" + std::to_string(cols) + " k=" + std::to_string(k) +
+                                 " rows=" + std::to_string(rows) + Seed();
+        EXPECT_EQ(actual_ids, expected_ids) << what;
+        EXPECT_EQ(bits(actual_values), bits(expected_values)) << what;
+        // The reference itself padded the all-NaN row.
+        if (rows > 3) EXPECT_EQ(expected_ids[3 * k], -1) << what;
+      }
+    }
+  }
+
+  // bf16 input straight into the kernel (the backend's activations are
+  // float32): the same picks as the CPU backend over the rounded values.
+  const int rows = 17;
+  const int cols = 1000;
+  const int k = 40;
+  std::vector<float> logits = RandomFloat32(static_cast<size_t>(rows) * cols, 10.0f);
+  for (int row = 0; row < rows; ++row) {
+    fill_row(logits.data() + static_cast<size_t>(row) * cols, row, cols, k);
+  }
+  std::vector<uint16_t> logits_bf16(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) {
+    logits_bf16[i] = FloatToBf16(logits[i]);
+    logits[i] = Bf16ToFloat(logits_bf16[i]);
+  }
+  const size_t n = static_cast<size_t>(rows) * k;
+  const BufferPtr x = Make(*cpu_, logits, DType::kF32);
+  const BufferPtr values = Make(*cpu_, std::vector<float>(n, kNaN), DType::kF32);
+  auto ids = cpu_->Allocate(n, DType::kI32);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  cpu_->TopKRows(*x, rows, cols, k, *values, **ids);
+  const std::vector<float> expected_values = Read(*cpu_, *values, n);
+  std::vector<int32_t> expected_ids(n, -3);
+  ASSERT_TRUE(cpu_->CopyToHost(**ids, 0, n, expected_ids.data(), DType::kI32).ok());
+
+  uint16_t* device_x = nullptr;
+  float* device_values = nullptr;
+  int32_t* device_ids = nullptr;
+  ASSERT_EQ(cudaMalloc(&device_x, logits_bf16.size() * sizeof(uint16_t)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&device_values, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&device_ids, n * sizeof(int32_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(device_x, logits_bf16.data(), logits_bf16.size() * sizeof(uint16_t),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemset(device_values, 0xff, n * sizeof(float)), cudaSuccess);  // poison: NaN
+  ASSERT_EQ(cudaMemset(device_ids, 0xfe, n * sizeof(int32_t)), cudaSuccess);
+  gpu::TopKRowsParams params;
+  params.x = device_x;
+  params.x_type = gpu::ElementType::kBF16;
+  params.values = device_values;
+  params.ids = device_ids;
+  params.rows = rows;
+  params.cols = cols;
+  params.k = k;
+  EXPECT_EQ(gpu::InvokeTopKRows(params, nullptr), cudaSuccess);
+  std::vector<float> actual_values(n, 0.0f);
+  std::vector<int32_t> actual_ids(n, -3);
+  EXPECT_EQ(
+      cudaMemcpy(actual_values.data(), device_values, n * sizeof(float), cudaMemcpyDeviceToHost),
+      cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(actual_ids.data(), device_ids, n * sizeof(int32_t), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  cudaFree(device_x);
+  cudaFree(device_values);
+  cudaFree(device_ids);
+  EXPECT_EQ(actual_ids, expected_ids) << "bf16" << Seed();
+  EXPECT_EQ(bits(actual_values), bits(expected_values)) << "bf16" << Seed();
 }
 
 }  // namespace
