@@ -1045,8 +1045,19 @@ TEST_F(CudaParityTest, TopKRowsKernel) {
         std::vector<int32_t> actual_ids(n, -3);
         ASSERT_TRUE(cpu_->CopyToHost(*ids.cpu, 0, n, expected_ids.data(), DType::kI32).ok());
         ASSERT_TRUE(cuda_->CopyToHost(*ids.cuda, 0, n, actual_ids.data(), DType::kI32).ok());
-        const std::string what = " cols=" + std::to_string(cols) + " k=" + std::to_string(k) +
-                                 " rows=" + std::to_string(rows) + Seed();
+        std::string what = " cols=" + std::to_string(cols) + " k=" + std::to_string(k) +
+                           " rows=" + std::to_string(rows) + Seed();
+        for (size_t i = 0; i < n; ++i) {
+          if (actual_ids[i] != expected_ids[i] ||
+              bits({actual_values[i]}) != bits({expected_values[i]})) {
+            what += "; first difference at row " + std::to_string(i / k) + " slot " +
+                    std::to_string(i % k) + ": (" + std::to_string(actual_values[i]) + ", " +
+                    std::to_string(actual_ids[i]) + ") instead of (" +
+                    std::to_string(expected_values[i]) + ", " + std::to_string(expected_ids[i]) +
+                    ")";
+            break;
+          }
+        }
         EXPECT_EQ(actual_ids, expected_ids) << what;
         EXPECT_EQ(bits(actual_values), bits(expected_values)) << what;
         // The reference itself padded the all-NaN row.
