@@ -459,12 +459,21 @@ void Engine::StepRunning() {
         sample->owner->prompt_tokens() + static_cast<int>(sample->generated.size()) - 1;
     batch.Add(sample->generated.back(), position, *sample->kv);
   }
-  std::vector<bool> want_logits(running_.size());
-  for (size_t i = 0; i < running_.size(); ++i) want_logits[i] = NeedsLogits(*running_[i]);
+  std::vector<StepNeed> needs(running_.size());
+  DecodeStepOptions options;
+  options.want_logits.resize(running_.size());
+  for (size_t i = 0; i < running_.size(); ++i) {
+    needs[i] = NeedOf(*running_[i]);
+    options.want_logits[i] = needs[i] == StepNeed::kLogits;
+    if (needs[i] == StepNeed::kTopCandidates) {
+      options.top_candidates =
+          std::max(options.top_candidates, running_[i]->owner->request.sampling.top_k);
+    }
+  }
   absl::StatusOr<DecodeStepOutput> out;
   {
     std::lock_guard<std::mutex> lock(backend_mu_);
-    out = transformer_->DecodeStep(batch, *cache_, want_logits);
+    out = transformer_->DecodeStep(batch, *cache_, options);
   }
   const std::vector<Sample*> stepped = running_;  // samples may finish below
   if (!out.ok()) {
@@ -476,32 +485,47 @@ void Engine::StepRunning() {
     return;
   }
   const size_t vocab = static_cast<size_t>(transformer_->config().vocab_size);
+  const size_t k = static_cast<size_t>(options.top_candidates);
   size_t row = 0;  // into out->logits, which holds the wanted rows only
   for (size_t i = 0; i < stepped.size(); ++i) {
     // A request is deleted only with its last sample, after every other one
     // of it in `stepped` has been handled: no pointer here dangles.
-    if (want_logits[i]) {
-      SampleAndAdvance(stepped[i], std::span<const float>(out->logits.data() + row * vocab, vocab));
-      ++row;
-    } else {
-      SampleAndAdvance(stepped[i], {}, out->argmax[i]);
+    switch (needs[i]) {
+      case StepNeed::kArgmax:
+        SampleAndAdvance(stepped[i], {}, out->argmax[i]);
+        break;
+      case StepNeed::kTopCandidates:
+        SampleAndAdvance(stepped[i], {},
+                         stepped[i]->sampler.SampleTopCandidates(
+                             std::span<const float>(out->candidate_values).subspan(i * k, k),
+                             std::span<const int32_t>(out->candidate_ids).subspan(i * k, k)));
+        break;
+      case StepNeed::kLogits:
+        SampleAndAdvance(stepped[i],
+                         std::span<const float>(out->logits.data() + row * vocab, vocab));
+        ++row;
+        break;
     }
   }
   if (options_.on_step)
     options_.on_step(static_cast<int>(stepped.size()), absl::Now() - step_start);
 }
 
-bool Engine::NeedsLogits(const Sample& sample) {
+Engine::StepNeed Engine::NeedOf(const Sample& sample) {
   const GenerationRequest& request = sample.owner->request;
-  return request.logprobs || request.top_logprobs > 0 || !sample.sampler.IsPlainGreedy();
+  if (request.logprobs || request.top_logprobs > 0) return StepNeed::kLogits;
+  if (sample.sampler.IsPlainGreedy()) return StepNeed::kArgmax;
+  if (sample.sampler.CanSampleTopCandidates(Backend::kMaxTopKRows)) {
+    return StepNeed::kTopCandidates;
+  }
+  return StepNeed::kLogits;
 }
 
-void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits, int32_t greedy_token) {
+void Engine::SampleAndAdvance(Sample* sample, std::span<const float> logits, int32_t chosen) {
   Sequence* seq = sample->owner;
   const GenerationRequest& request = seq->request;
-  const int32_t token = logits.empty()
-                            ? greedy_token
-                            : sample->sampler.Sample(logits, request.prompt, sample->generated);
+  const int32_t token =
+      chosen >= 0 ? chosen : sample->sampler.Sample(logits, request.prompt, sample->generated);
   const absl::Time now = absl::Now();
   if (seq->total_generated == 0) seq->first_token = now;
   sample->last_token = now;

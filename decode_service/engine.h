@@ -148,15 +148,16 @@ class Engine {
   // Creates the samples of `seq`, which must hold its prompt lease.
   absl::Status StartSamples(Sequence* seq);
   void StepRunning();
-  // True when `sample`'s next token needs its logits on the host: it
-  // samples, penalises or reports logprobs. Otherwise the step's device
-  // argmax is its token.
-  static bool NeedsLogits(const Sample& sample);
-  // Samples a token for `sample` from `logits` [vocab] (raw) or, when
-  // `logits` is empty, takes `greedy_token` (the device's argmax for a
-  // sample that !NeedsLogits), appends it, streams it and finishes the
-  // sample when it is done.
-  void SampleAndAdvance(Sample* sample, std::span<const float> logits, int32_t greedy_token = -1);
+  // What a decode step must bring back for `sample`'s next token: the
+  // backend's argmax (plain greedy), its top logits (top-k sampling without
+  // penalties or logprobs: Sampler::SampleTopCandidates), or its whole row.
+  enum class StepNeed { kArgmax, kTopCandidates, kLogits };
+  static StepNeed NeedOf(const Sample& sample);
+  // Appends `sample`'s next token, streams it and finishes the sample when
+  // it is done. The token is `chosen` when >= 0 (picked from the step's
+  // argmax or top candidates), else drawn by the sample's Sampler from
+  // `logits` [vocab] (raw), which logprobs also need.
+  void SampleAndAdvance(Sample* sample, std::span<const float> logits, int32_t chosen = -1);
   // Ends one sample normally: frees its KV and sends `event` (its final
   // token); the request ends with it when it was the last sample.
   void FinishSample(Sample* sample, TokenEvent event);

@@ -140,6 +140,61 @@ size_t SelectNucleus(std::vector<Candidate>& candidates, size_t kept, double tar
   return std::max<size_t>(lo, 1);  // rounding left the mass just short: keep all
 }
 
+// Orders the top-k set canonically (ascending id) before anything sums or
+// partitions it: the draw then depends only on which tokens were kept and
+// their scores, not on how they were found, so sampling from the full
+// logits and from a backend's top candidates (Sampler::SampleTopCandidates)
+// give the same token for the same random value.
+bool ById(const Candidate& a, const Candidate& b) { return a.id < b.id; }
+
+// Temperature, top-p, min-p and the draw over candidates[0, kept) (the
+// top-k set, in ascending id order). -1 when no candidate has a usable
+// weight (all -inf or NaN): the caller falls back to the argmax.
+int32_t Draw(const SamplingParams& params, std::mt19937_64& rng, std::vector<Candidate>& candidates,
+             size_t kept) {
+  // Unnormalised softmax of scores / temperature.
+  float max_score = -INFINITY;
+  for (size_t i = 0; i < kept; ++i) max_score = std::max(max_score, candidates[i].score);
+  const float inv_temperature = 1.0f / params.temperature;
+  double total = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    Candidate& c = candidates[i];
+    c.weight = std::exp((c.score - max_score) * inv_temperature);
+    total += c.weight;
+  }
+  if (!(total > 0.0) || !std::isfinite(total)) return -1;  // all -inf or NaN
+
+  if (params.top_p < 1.0f) {
+    kept = SelectNucleus(candidates, kept, params.top_p * total);
+    total = 0.0;
+    for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
+  }
+
+  if (params.min_p > 0.0f) {
+    // p / p_max = weight / max weight, and the most likely token (weight
+    // exp(0) = 1) survives top-k and top-p, so the cut is weight >= min_p.
+    // Renormalising after top-k/top-p scales every p alike: the ratio, and so
+    // the kept set, is the same as on the full distribution.
+    const auto end =
+        std::partition(candidates.begin(), candidates.begin() + kept,
+                       [&params](const Candidate& c) { return c.weight >= params.min_p; });
+    kept = static_cast<size_t>(end - candidates.begin());
+    total = 0.0;
+    for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
+  }
+
+  // Inverse-CDF draw. u is built from the raw 64-bit stream (53 bits) rather
+  // than std::uniform_real_distribution, whose algorithm the standard leaves
+  // open, so a seed gives the same tokens with any standard library.
+  const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+  double cumulative = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    cumulative += candidates[i].weight;
+    if (u < cumulative) return candidates[i].id;
+  }
+  return candidates[kept - 1].id;
+}
+
 }  // namespace
 
 int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> prompt,
@@ -164,49 +219,31 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < kept) {
     kept = params_.top_k;
     std::nth_element(candidates.begin(), candidates.begin() + kept - 1, candidates.end(), Higher);
+    std::sort(candidates.begin(), candidates.begin() + kept, ById);
   }
+  const int32_t token = Draw(params_, rng_, candidates, kept);
+  return token >= 0 ? token : ArgMax(scores);
+}
 
-  // Unnormalised softmax of scores / temperature.
-  float max_score = -INFINITY;
-  for (size_t i = 0; i < kept; ++i) max_score = std::max(max_score, candidates[i].score);
-  const float inv_temperature = 1.0f / params_.temperature;
-  double total = 0.0;
-  for (size_t i = 0; i < kept; ++i) {
-    Candidate& c = candidates[i];
-    c.weight = std::exp((c.score - max_score) * inv_temperature);
-    total += c.weight;
-  }
-  if (!(total > 0.0) || !std::isfinite(total)) return ArgMax(scores);  // all -inf or NaN
+bool Sampler::CanSampleTopCandidates(int num_candidates) const {
+  return params_.temperature > 0.0f && params_.top_k >= 1 && params_.top_k <= num_candidates &&
+         params_.repetition_penalty == 1.0f && params_.presence_penalty == 0.0f &&
+         params_.frequency_penalty == 0.0f;
+}
 
-  if (params_.top_p < 1.0f) {
-    kept = SelectNucleus(candidates, kept, params_.top_p * total);
-    total = 0.0;
-    for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
+int32_t Sampler::SampleTopCandidates(std::span<const float> values, std::span<const int32_t> ids) {
+  std::vector<Candidate> candidates;
+  const size_t k = std::min<size_t>(static_cast<size_t>(params_.top_k), values.size());
+  for (size_t i = 0; i < k && i < ids.size(); ++i) {
+    if (ids[i] < 0) break;  // the row had fewer entries (TopKRows' padding)
+    candidates.push_back({values[i], ids[i], 0.0f});
   }
-
-  if (params_.min_p > 0.0f) {
-    // p / p_max = weight / max weight, and the most likely token (weight
-    // exp(0) = 1) survives top-k and top-p, so the cut is weight >= min_p.
-    // Renormalising after top-k/top-p scales every p alike: the ratio, and so
-    // the kept set, is the same as on the full distribution.
-    const auto end =
-        std::partition(candidates.begin(), candidates.begin() + kept,
-                       [this](const Candidate& c) { return c.weight >= params_.min_p; });
-    kept = static_cast<size_t>(end - candidates.begin());
-    total = 0.0;
-    for (size_t i = 0; i < kept; ++i) total += candidates[i].weight;
-  }
-
-  // Inverse-CDF draw. u is built from the raw 64-bit stream (53 bits) rather
-  // than std::uniform_real_distribution, whose algorithm the standard leaves
-  // open, so a seed gives the same tokens with any standard library.
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
-  double cumulative = 0.0;
-  for (size_t i = 0; i < kept; ++i) {
-    cumulative += candidates[i].weight;
-    if (u < cumulative) return candidates[i].id;
-  }
-  return candidates[kept - 1].id;
+  if (candidates.empty()) return 0;
+  // The first candidate is the row's argmax (TopKRows orders as ArgMax).
+  const int32_t argmax = candidates.front().id;
+  std::sort(candidates.begin(), candidates.end(), ById);
+  const int32_t token = Draw(params_, rng_, candidates, candidates.size());
+  return token >= 0 ? token : argmax;
 }
 
 }  // namespace pdserve

@@ -64,6 +64,20 @@ class Sampler {
            params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f;
   }
 
+  // True when a row's `num_candidates` largest logits (Backend::TopKRows)
+  // hold everything Sample would look at: top-k sampling (temperature > 0,
+  // 1 <= top_k <= num_candidates; top-p and min-p then act within those k)
+  // with no penalty. Then SampleTopCandidates may stand in for Sample.
+  bool CanSampleTopCandidates(int num_candidates) const;
+
+  // Sample from the row's largest logits instead of all of them: values and
+  // ids as Backend::TopKRows gives them (descending, ties to the smaller
+  // id, id -1 for padding), at least top_k of them. Requires
+  // CanSampleTopCandidates. Draws the same random value, and so picks the
+  // same token, as Sample on the whole row: both order the top-k set by id
+  // before the draw.
+  int32_t SampleTopCandidates(std::span<const float> values, std::span<const int32_t> ids);
+
   // The same with every id of `history` treated as prompt: presence and
   // frequency penalties see nothing (the form that predates them).
   int32_t Sample(std::span<const float> logits, std::span<const int32_t> history) {

@@ -630,19 +630,27 @@ absl::Status ValidateDecodeBatch(const DecodeBatch& batch, const ModelConfig& c,
 
 absl::StatusOr<std::vector<float>> Transformer::DecodeStep(const DecodeBatch& batch,
                                                            KvCache& cache) {
-  PDSERVE_ASSIGN_OR_RETURN(DecodeStepOutput out,
-                           DecodeStep(batch, cache, std::vector<bool>(batch.size(), true)));
+  DecodeStepOptions options;
+  options.want_logits.assign(batch.size(), true);
+  PDSERVE_ASSIGN_OR_RETURN(DecodeStepOutput out, DecodeStep(batch, cache, options));
   return std::move(out.logits);
 }
 
 absl::StatusOr<DecodeStepOutput> Transformer::DecodeStep(const DecodeBatch& batch, KvCache& cache,
-                                                         const std::vector<bool>& want_logits) {
+                                                         const DecodeStepOptions& options) {
   const ModelConfig& c = config_;
   PDSERVE_RETURN_IF_ERROR(ValidateDecodeBatch(batch, c, cache));
   const int b = batch.size();
+  const std::vector<bool>& want_logits = options.want_logits;
   if (want_logits.size() != static_cast<size_t>(b)) {
     return absl::InvalidArgumentError(
         absl::StrCat("decode want_logits: ", want_logits.size(), " entries for a batch of ", b));
+  }
+  const int k = options.top_candidates;
+  const int max_k = std::min(c.vocab_size, Backend::kMaxTopKRows);
+  if (k < 0 || k > max_k) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode top_candidates: ", k, " outside [0, min(vocab_size, ", max_k, ")]"));
   }
   Backend& backend = *backend_;
 
@@ -677,12 +685,27 @@ absl::StatusOr<DecodeStepOutput> Transformer::DecodeStep(const DecodeBatch& batc
   backend.MatMul(*a.xb, lm_head, b, c.vocab_size, c.hidden_size, *logits, /*accumulate=*/false);
   PDSERVE_ASSIGN_OR_RETURN(BufferPtr argmax, backend.Allocate(b, DType::kI32));
   backend.ArgmaxRows(*logits, b, c.vocab_size, *argmax);
+  BufferPtr candidate_values, candidate_ids;
+  if (k > 0) {
+    const size_t elements = static_cast<size_t>(b) * k;
+    PDSERVE_ASSIGN_OR_RETURN(candidate_values, backend.Allocate(elements, DType::kF32));
+    PDSERVE_ASSIGN_OR_RETURN(candidate_ids, backend.Allocate(elements, DType::kI32));
+    backend.TopKRows(*logits, b, c.vocab_size, k, *candidate_values, *candidate_ids);
+  }
   DecodeStepOutput out;
   out.argmax.resize(b);
   const size_t vocab = static_cast<size_t>(c.vocab_size);
   out.logits.resize(std::count(want_logits.begin(), want_logits.end(), true) * vocab);
   PDSERVE_RETURN_IF_ERROR(backend.Synchronize());
   PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*argmax, 0, b, out.argmax.data(), DType::kI32));
+  if (k > 0) {
+    out.candidate_values.resize(static_cast<size_t>(b) * k);
+    out.candidate_ids.resize(static_cast<size_t>(b) * k);
+    PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*candidate_values, 0, out.candidate_values.size(),
+                                               out.candidate_values.data(), DType::kF32));
+    PDSERVE_RETURN_IF_ERROR(backend.CopyToHost(*candidate_ids, 0, out.candidate_ids.size(),
+                                               out.candidate_ids.data(), DType::kI32));
+  }
   // Consecutive wanted rows are one copy.
   size_t copied = 0;
   for (int first = 0; first < b;) {

@@ -77,13 +77,28 @@ struct PrefillSequence {
   std::function<void(const absl::StatusOr<std::vector<float>>& result)> done;
 };
 
-// What Transformer::DecodeStep hands back when the caller says which rows'
-// logits it needs.
+// What a decode step should hand back besides every row's argmax.
+struct DecodeStepOptions {
+  // [b]: the rows whose logits come back (copied to the host, packed in
+  // batch order).
+  std::vector<bool> want_logits;
+  // 0, or k in [1, min(vocab_size, Backend::kMaxTopKRows)]: every row's k
+  // largest logits come back too (Backend::TopKRows), for top-k sampling
+  // without the whole row.
+  int top_candidates = 0;
+};
+
+// What Transformer::DecodeStep hands back when the caller says what it
+// needs of each row.
 struct DecodeStepOutput {
   // [b]: each row's argmax over its logits (ties to the smallest id).
   std::vector<int32_t> argmax;
   // [rows with want_logits, vocab_size] float32, in batch order.
   std::vector<float> logits;
+  // [b, top_candidates]: each row's largest logits and their ids,
+  // descending (Backend::TopKRows); empty when top_candidates is 0.
+  std::vector<float> candidate_values;
+  std::vector<int32_t> candidate_ids;
 };
 
 struct PrefillBatchOptions {
@@ -162,14 +177,15 @@ class Transformer {
   absl::StatusOr<std::vector<float>> DecodeStep(const DecodeBatch& batch, KvCache& cache);
 
   // The same step, handing back only what the caller will use: every row's
-  // greedy token, picked on the backend (Backend::ArgmaxRows), and the
-  // logits of the rows with want_logits[i] (size b) set. A greedy request
-  // needs only its token; with Phi-3's 32064-entry vocabulary that saves
-  // 125 KiB of device-to-host copy and a host pass over it per row and step.
-  // INVALID_ARGUMENT as DecodeStep, or naming want_logits when its size is
-  // not b.
+  // greedy token, picked on the backend (Backend::ArgmaxRows), the logits of
+  // the rows options.want_logits names, and with options.top_candidates = k
+  // every row's k largest logits. A greedy or top-k request then needs no
+  // logits on the host: with Phi-3's 32064-entry vocabulary that saves
+  // 125 KiB of device-to-host copy and a host pass over it per row and
+  // step. INVALID_ARGUMENT as DecodeStep, or naming want_logits (size not
+  // b) or top_candidates (outside its range).
   absl::StatusOr<DecodeStepOutput> DecodeStep(const DecodeBatch& batch, KvCache& cache,
-                                              const std::vector<bool>& want_logits);
+                                              const DecodeStepOptions& options);
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return *backend_; }

@@ -248,18 +248,22 @@ TEST_F(EngineTest, ConcurrentSequencesGetTheirSoloGreedyTokens) {
 }
 
 // A step's rows differ in what they need from it: plain greedy rows take
-// the device's argmax, the others (sampling, a penalty, logprobs) their
-// packed logits. In one batch each still gets its solo tokens, so no row
-// reads another's logits or pick.
-TEST_F(EngineTest, MixedBatchOfGreedyAndLogitRowsGetTheirSoloTokens) {
+// the backend's argmax, top-k rows its top candidates, the others
+// (sampling over all tokens, a penalty, logprobs) their packed logits. In
+// one batch each still gets its solo tokens, so no row reads another's.
+TEST_F(EngineTest, MixedBatchOfGreedyTopKAndLogitRowsGetTheirSoloTokens) {
   MakeEngine();
   std::vector<GenerationRequest> requests;
   for (const std::string& prompt : StoryPrompts()) requests.push_back(Request(prompt, 32));
-  ASSERT_GE(requests.size(), 4u);
+  ASSERT_GE(requests.size(), 6u);
   requests[1].sampling.temperature = 0.8f;
   requests[1].sampling.seed = 7;
   requests[2].logprobs = true;
   requests[3].sampling.repetition_penalty = 1.3f;
+  requests[4].sampling = SamplingParams{1.0f, 40, 0.9f};
+  requests[4].sampling.seed = 11;
+  requests[5].sampling = SamplingParams{0.7f, 8, 1.0f};
+  requests[5].sampling.seed = 12;
   for (GenerationRequest& request : requests) request.ignore_eos = true;
   std::vector<std::vector<int32_t>> alone;
   for (const GenerationRequest& request : requests) alone.push_back(GenerateAlone(request));
@@ -282,6 +286,27 @@ TEST_F(EngineTest, MixedBatchOfGreedyAndLogitRowsGetTheirSoloTokens) {
   for (size_t t = 0; t < solo.size(); ++t) {
     ASSERT_TRUE(batched[t].logprob.has_value() && solo[t].logprob.has_value()) << "token " << t;
     EXPECT_NEAR(*batched[t].logprob, *solo[t].logprob, 1e-4f) << "token " << t;
+  }
+}
+
+// Top-k sampling from the step's top candidates draws the same tokens as
+// from the whole row: the same seeded request, once as is (top candidates)
+// and once with logprobs (which brings the whole row back), agrees token
+// for token.
+TEST_F(EngineTest, TopKSamplingFromCandidatesEqualsSamplingFromTheWholeRow) {
+  MakeEngine();
+  for (const SamplingParams& params :
+       {SamplingParams{1.0f, 40, 0.9f}, SamplingParams{1.5f, 64, 1.0f},
+        SamplingParams{0.9f, 5, 0.8f, 1.0f, 0, 0.05f}}) {
+    GenerationRequest request = Request("Once upon a time", 48);
+    request.sampling = params;
+    request.sampling.seed = 2026;
+    request.ignore_eos = true;
+    const std::vector<int32_t> from_candidates = GenerateAlone(request);
+    request.logprobs = true;
+    const std::vector<int32_t> from_row = GenerateAlone(request);
+    ASSERT_EQ(from_candidates.size(), 48u);
+    EXPECT_EQ(from_candidates, from_row) << "top_k " << params.top_k;
   }
 }
 

@@ -250,13 +250,13 @@ TEST(ValidateSamplingParamsTest, MinPAndPresenceFrequencyRanges) {
     float min_p, presence, frequency;
     std::string field;
   };
-  for (const Case& c : {Case{-0.01f, 0, 0, "sampling.min_p"}, Case{1.01f, 0, 0, "sampling.min_p"},
-                        Case{nan, 0, 0, "sampling.min_p"},
-                        Case{0, 2.5f, 0, "sampling.presence_penalty"},
-                        Case{0, -2.01f, 0, "sampling.presence_penalty"},
-                        Case{0, nan, 0, "sampling.presence_penalty"},
-                        Case{0, 0, -3.0f, "sampling.frequency_penalty"},
-                        Case{0, 0, nan, "sampling.frequency_penalty"}}) {
+  for (const Case& c :
+       {Case{-0.01f, 0, 0, "sampling.min_p"}, Case{1.01f, 0, 0, "sampling.min_p"},
+        Case{nan, 0, 0, "sampling.min_p"}, Case{0, 2.5f, 0, "sampling.presence_penalty"},
+        Case{0, -2.01f, 0, "sampling.presence_penalty"},
+        Case{0, nan, 0, "sampling.presence_penalty"},
+        Case{0, 0, -3.0f, "sampling.frequency_penalty"},
+        Case{0, 0, nan, "sampling.frequency_penalty"}}) {
     SamplingParams params;
     params.min_p = c.min_p;
     params.presence_penalty = c.presence;
@@ -378,4 +378,65 @@ TEST(SamplerTest, TwoArgumentFormMatchesPromptOnlyHistory) {
 }
 
 }  // namespace
+// A row's k largest logits as Backend::TopKRows gives them, computed here
+// with a full sort: descending, ties to the smaller id, (-inf, -1) padding.
+void TopCandidates(const std::vector<float>& logits, int k, std::vector<float>* values,
+                   std::vector<int32_t>* ids) {
+  std::vector<int32_t> order(logits.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::sort(order.begin(), order.end(), [&logits](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  values->assign(k, -std::numeric_limits<float>::infinity());
+  ids->assign(k, -1);
+  for (int i = 0; i < k && i < static_cast<int>(order.size()); ++i) {
+    (*values)[i] = logits[order[i]];
+    (*ids)[i] = order[i];
+  }
+}
+
+// Sampling from a backend's top candidates picks, draw for draw, the token
+// the full row gives: same seed, same tokens, over top-k with top-p and
+// min-p, ties in the logits, and candidate lists longer than top_k.
+TEST(SamplerTest, TopCandidatesGiveTheFullRowsTokensDrawForDraw) {
+  std::mt19937 rng(4242);
+  for (const SamplingParams& base : {SamplingParams{0.7f, 1, 1.0f}, SamplingParams{1.0f, 5, 1.0f},
+                                     SamplingParams{1.3f, 40, 0.9f}, SamplingParams{0.8f, 64, 0.5f},
+                                     SamplingParams{1.0f, 20, 1.0f, 1.0f, 0, 0.2f}}) {
+    for (int num_candidates : {base.top_k, 64}) {
+      SamplingParams params = base;
+      params.seed = 99;
+      Sampler full(params);
+      Sampler from_top(params);
+      ASSERT_TRUE(from_top.CanSampleTopCandidates(num_candidates));
+      for (int draw = 0; draw < 200; ++draw) {
+        std::vector<float> logits = RandomLogits(rng, 1000);
+        // Ties at the top-k boundary and among the kept tokens.
+        for (int i = 0; i < 30; ++i) logits[(draw * 31 + i * 7) % 1000] = 2.5f;
+        std::vector<float> values;
+        std::vector<int32_t> ids;
+        TopCandidates(logits, num_candidates, &values, &ids);
+        ASSERT_EQ(from_top.SampleTopCandidates(values, ids), full.Sample(logits, {}))
+            << "top_k " << params.top_k << " top_p " << params.top_p << " min_p " << params.min_p
+            << " candidates " << num_candidates << " draw " << draw;
+      }
+    }
+  }
+}
+
+TEST(SamplerTest, CanSampleTopCandidatesOnlyForPenaltyFreeTopK) {
+  EXPECT_TRUE(Sampler(SamplingParams{1.0f, 40, 0.9f}).CanSampleTopCandidates(64));
+  EXPECT_TRUE(Sampler(SamplingParams{1.0f, 64, 1.0f}).CanSampleTopCandidates(64));
+  EXPECT_FALSE(Sampler(SamplingParams{1.0f, 65, 1.0f}).CanSampleTopCandidates(64));
+  EXPECT_FALSE(Sampler(SamplingParams{1.0f, 0, 0.9f}).CanSampleTopCandidates(64));   // all tokens
+  EXPECT_FALSE(Sampler(SamplingParams{0.0f, 40, 1.0f}).CanSampleTopCandidates(64));  // greedy
+  EXPECT_FALSE(Sampler(SamplingParams{1.0f, 40, 1.0f, 1.2f}).CanSampleTopCandidates(64));
+  SamplingParams presence{1.0f, 40, 1.0f};
+  presence.presence_penalty = 0.5f;
+  EXPECT_FALSE(Sampler(presence).CanSampleTopCandidates(64));
+  SamplingParams frequency{1.0f, 40, 1.0f};
+  frequency.frequency_penalty = -0.5f;
+  EXPECT_FALSE(Sampler(frequency).CanSampleTopCandidates(64));
+}
+
 }  // namespace pdserve

@@ -249,17 +249,31 @@ TEST_F(TransformerTest, BatchedDecodeEqualsEachSequenceAlone) {
     // The same step again (it rewrites the same K/V) asking for some rows'
     // logits only: those rows come back packed, and every row's argmax is
     // the greedy pick of its full logits.
-    std::vector<bool> want(batch_size);
-    for (int i = 0; i < batch_size; ++i) want[i] = (i + step) % 3 == 0;
-    auto partial = model_->DecodeStep(batch, *batched_cache, want);
+    DecodeStepOptions options;
+    options.want_logits.resize(batch_size);
+    for (int i = 0; i < batch_size; ++i) options.want_logits[i] = (i + step) % 3 == 0;
+    options.top_candidates = step % 2 == 0 ? 0 : 1 + step * 9;  // 0, 10, 0, 28, ...
+    auto partial = model_->DecodeStep(batch, *batched_cache, options);
     ASSERT_TRUE(partial.ok()) << partial.status();
     ASSERT_EQ(partial->argmax.size(), static_cast<size_t>(batch_size));
+    const size_t k = static_cast<size_t>(options.top_candidates);
+    ASSERT_EQ(partial->candidate_values.size(), batch_size * k);
+    ASSERT_EQ(partial->candidate_ids.size(), batch_size * k);
     size_t packed = 0;
     for (int i = 0; i < batch_size; ++i) {
       const std::span<const float> row = std::span<const float>(*logits).subspan(
           static_cast<size_t>(i) * config_.vocab_size, config_.vocab_size);
       EXPECT_EQ(partial->argmax[i], ArgMax(row)) << "step " << step << " sequence " << i;
-      if (!want[i]) continue;
+      // The k largest logits of the full row, by a full sort here.
+      std::vector<int32_t> order(row.size());
+      for (size_t j = 0; j < order.size(); ++j) order[j] = static_cast<int32_t>(j);
+      std::stable_sort(order.begin(), order.end(),
+                       [&row](int32_t a, int32_t b) { return row[a] > row[b]; });
+      for (size_t j = 0; j < k; ++j) {
+        EXPECT_EQ(partial->candidate_ids[i * k + j], order[j]) << "sequence " << i << " rank " << j;
+        EXPECT_EQ(partial->candidate_values[i * k + j], row[order[j]]);
+      }
+      if (!options.want_logits[i]) continue;
       ASSERT_LE((packed + 1) * config_.vocab_size, partial->logits.size());
       EXPECT_EQ(MaxAbsDifference(std::span<const float>(partial->logits)
                                      .subspan(packed * config_.vocab_size, config_.vocab_size),
@@ -318,9 +332,19 @@ TEST_F(TransformerTest, InvalidInputsAreRejected) {
   EXPECT_EQ(model_->DecodeStep(DecodeBatch{}, *cache).status().code(), invalid);
   DecodeBatch one;
   one.Add(5, 3, **sequence);
-  const absl::Status wrong_size = model_->DecodeStep(one, *cache, {true, false}).status();
+  DecodeStepOptions two_rows;
+  two_rows.want_logits = {true, false};
+  const absl::Status wrong_size = model_->DecodeStep(one, *cache, two_rows).status();
   EXPECT_EQ(wrong_size.code(), invalid);
   EXPECT_NE(std::string(wrong_size.message()).find("want_logits"), std::string::npos);
+  for (int k : {-1, Backend::kMaxTopKRows + 1}) {
+    DecodeStepOptions bad_k;
+    bad_k.want_logits = {false};
+    bad_k.top_candidates = k;
+    const absl::Status status = model_->DecodeStep(one, *cache, bad_k).status();
+    EXPECT_EQ(status.code(), invalid) << k;
+    EXPECT_NE(std::string(status.message()).find("top_candidates"), std::string::npos) << status;
+  }
   EXPECT_EQ(cache->num_free_blocks(), free_before);
 }
 
