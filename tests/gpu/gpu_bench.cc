@@ -15,14 +15,17 @@
 // K and V going to page-locked host blocks, as the prefill service sends
 // them: once with a synchronous CopyToHost per tensor, once with
 // CopyToHostAsync (each layer waits for the previous layer's copies); their
-// limit is the prefill without KV, so time/limit is the KV stream's cost. Weights are random bf16
-// generated on the device (CudaBackendOptions::synthetic_weights), so no 7.6 GB checkpoint is read;
+// limit is the prefill without KV, so time/limit is the KV stream's cost.
+// Weights are random bf16 generated on the device
+// (CudaBackendOptions::synthetic_weights), so no 7.6 GB checkpoint is read;
 // the KV cache is filled with random values too (never time zeros).
 //
 // Timing: CUDA events on the legacy default stream, which orders against the
 // backend's (blocking) stream; warm-up runs first; the median of several
 // runs, with min and max to show the spread. A decode step is timed as the
-// services run it, Transformer::DecodeStep from host batch to host logits.
+// services run a greedy batch, Transformer::DecodeStep from host batch to the
+// rows' argmax ids on the host; at b=32 also with top-50 candidates per row
+// (top-k sampling) and with every row's logits copied to the host.
 //
 // Usage: pdserve-gpu-bench [--layers=N] [--repeats=N]
 //   --layers: decoder layers (default 32, the real model; fewer for a smoke run)
@@ -309,8 +312,12 @@ int Run(int layers, int repeats) {
     for (int b : kBatchSizes) {
       DecodeBatch batch;
       for (int i = 0; i < b; ++i) batch.Add(token(rng), kContext, *sequences[i]);
+      // As the decode service runs greedy requests: each row's token is
+      // picked on the device and only the ids come back.
+      DecodeStepOptions greedy;
+      greedy.want_logits.assign(b, false);
       const Timing t =
-          Time(3, repeats, [&] { Value(model->DecodeStep(batch, *cache), "DecodeStep"); });
+          Time(3, repeats, [&] { Value(model->DecodeStep(batch, *cache, greedy), "DecodeStep"); });
       const double kv_bytes = 2.0 * b * (kContext + 1) * config.num_layers * kv_width * 2;
       rows.push_back({"decode b=" + std::to_string(b) + ", ctx " + std::to_string(kContext), t,
                       Format("%.0f tok/s", b / (t.median_ms * 1e-3)),
@@ -318,6 +325,23 @@ int Run(int layers, int repeats) {
       rows.push_back({"  same, weights + KV bytes", t,
                       Format("%.2f GB/step", (weight_bytes + kv_bytes) / 1e9),
                       (weight_bytes + kv_bytes) / copy_bandwidth * 1e3, "(weights+KV) / copy bw"});
+      if (b == 32) {
+        // What the device-side picks save: top-50 candidates per row (top-k
+        // sampling), and every row's logits copied to the host (sampling
+        // over all tokens, logprobs), against the greedy step above.
+        DecodeStepOptions top_k = greedy;
+        top_k.top_candidates = 50;
+        const Timing candidates =
+            Time(3, repeats, [&] { Value(model->DecodeStep(batch, *cache, top_k), "DecodeStep"); });
+        rows.push_back({"  same, top-50 candidates per row", candidates,
+                        Format("+%.3f ms", candidates.median_ms - t.median_ms), t.median_ms,
+                        "greedy step"});
+        const Timing logits =
+            Time(3, repeats, [&] { Value(model->DecodeStep(batch, *cache), "DecodeStep"); });
+        rows.push_back({"  same, all logits to host", logits,
+                        Format("+%.3f ms", logits.median_ms - t.median_ms), t.median_ms,
+                        "greedy step"});
+      }
     }
 
     // KV pack: one sequence's kContext tokens, every layer, into contiguous
