@@ -235,10 +235,16 @@ void TopKRows(const float* x, int rows, int cols, int k, float* values, int32_t*
     for (int j = 0; j < cols; ++j) {
       if (!std::isnan(row[j])) order.push_back(j);
     }
+    const auto before = [row](int32_t a, int32_t b) {
+      return row[a] > row[b] || (row[a] == row[b] && a < b);
+    };
     const size_t kept = std::min<size_t>(order.size(), static_cast<size_t>(k));
-    std::partial_sort(
-        order.begin(), order.begin() + kept, order.end(),
-        [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    // Select, then sort only the k: O(cols + k log k), where a partial sort
+    // would cost O(cols log k) for the whole vocabulary.
+    if (kept > 0 && kept < order.size()) {
+      std::nth_element(order.begin(), order.begin() + (kept - 1), order.end(), before);
+    }
+    std::sort(order.begin(), order.begin() + kept, before);
     float* out_values = values + static_cast<size_t>(r) * k;
     int32_t* out_ids = ids + static_cast<size_t>(r) * k;
     for (int i = 0; i < k; ++i) {

@@ -540,6 +540,56 @@ TEST_F(CpuBackendTest, ArgmaxRows) {
   EXPECT_EQ(got, expected);
 }
 
+// Each row's k largest entries against a stable full sort written here:
+// ties to the earlier index, NaN never chosen, -inf chosen like any value,
+// (-inf, -1) padding past a row's non-NaN entries; k == cols too.
+TEST_F(CpuBackendTest, TopKRows) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const int cols = 40;
+  std::vector<std::vector<float>> rows;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<float> row = Random(cols, 4.0f);
+    for (int j = r; j < cols; j += 7) row[j] = 1.5f;  // ties
+    rows.push_back(row);
+  }
+  std::vector<float> sparse(cols, kNaN);  // 3 non-NaN entries, one -inf
+  sparse[5] = 2.0f;
+  sparse[17] = -inf;
+  sparse[30] = 2.0f;
+  rows.push_back(sparse);
+  rows.push_back(std::vector<float>(cols, kNaN));
+  std::vector<float> flat;
+  for (const std::vector<float>& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+  auto x = Upload(flat);
+  const int n = static_cast<int>(rows.size());
+  for (int k : {1, 7, cols}) {
+    auto values = Poisoned(static_cast<size_t>(n) * k);
+    auto ids = UploadInts(std::vector<int32_t>(static_cast<size_t>(n) * k, -7));
+    backend_->TopKRows(*x, n, cols, k, *values, *ids);
+    const std::vector<float> got_values = Download(*values, static_cast<size_t>(n) * k);
+    std::vector<int32_t> got_ids(static_cast<size_t>(n) * k);
+    ASSERT_TRUE(backend_->CopyToHost(*ids, 0, got_ids.size(), got_ids.data(), DType::kI32).ok());
+    for (int r = 0; r < n; ++r) {
+      std::vector<int32_t> order;
+      for (int j = 0; j < cols; ++j) {
+        if (!std::isnan(rows[r][j])) order.push_back(j);
+      }
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
+      for (int i = 0; i < k; ++i) {
+        const size_t at = static_cast<size_t>(r) * k + i;
+        if (i < static_cast<int>(order.size())) {
+          EXPECT_EQ(got_ids[at], order[i]) << "k " << k << " row " << r << " rank " << i;
+          EXPECT_EQ(got_values[at], rows[r][order[i]]);
+        } else {
+          EXPECT_EQ(got_ids[at], -1) << "k " << k << " row " << r << " rank " << i;
+          EXPECT_EQ(got_values[at], -inf);
+        }
+      }
+    }
+  }
+}
+
 TEST_F(CpuBackendTest, CopyElements) {
   const std::vector<float> src = Random(40);
   auto sb = Upload(src);
