@@ -12,6 +12,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "proto/convert/convert.h"
 
 namespace pdserve {
@@ -48,9 +50,10 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
                               public GenerationObserver {
  public:
+  // deadline: the client's (absl::InfiniteFuture() for none).
   GenerateReactor(Engine* engine, const Tokenizer* tokenizer, DecodeMetrics* metrics,
-                  absl::Time arrival)
-      : engine_(engine), tokenizer_(tokenizer), metrics_(metrics, arrival) {}
+                  absl::Time arrival, absl::Time deadline)
+      : engine_(engine), tokenizer_(tokenizer), deadline_(deadline), metrics_(metrics, arrival) {}
 
   // Runs in DecodeServer::Generate, before gRPC has bound the reactor; the
   // reactor's Start* calls made meanwhile are replayed when it binds.
@@ -116,8 +119,19 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     if (status.code() != absl::StatusCode::kCancelled) {
       LOG(WARNING) << "Generate " << request_id_ << " failed: " << status;
     }
+    // gRPC ends a call whose deadline passed like a cancelled one (OnCancel,
+    // or a failed write), and the engine then ends the request CANCELLED.
+    // Name it for what it was, so that pdserve_decode_errors_total tells
+    // client deadlines from client cancels. The client sees
+    // DEADLINE_EXCEEDED either way (its own clock).
+    absl::Status ended = status;
+    if (status.code() == absl::StatusCode::kCancelled &&
+        absl::Now() >= deadline_ - kDeadlineSlack) {
+      ended = absl::DeadlineExceededError(
+          absl::StrCat("the call's deadline passed while generating (", status.message(), ")"));
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    final_status_ = ToGrpcStatus(status);
+    final_status_ = ToGrpcStatus(ended);
     PumpLocked();
   }
 
@@ -179,8 +193,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
   }
 
+  // gRPC's deadline timer may fire a little before our clock reads the
+  // deadline.
+  static constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(5);
+
   Engine* const engine_;
   const Tokenizer* const tokenizer_;
+  const absl::Time deadline_;
   std::string request_id_;
   // Begin, then OnToken, then the one Finish (under mu_): never overlapping.
   GenerateCallMetrics metrics_;
@@ -231,12 +250,13 @@ DecodeServer::DecodeServer(ServingModel* model, Engine* engine, const RequestLim
 grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServer::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const absl::Time arrival = absl::Now();
-  auto* reactor = new GenerateReactor(engine_, &model_->tokenizer(), metrics_, arrival);
+  const absl::Time deadline = DeadlineOf(*context);
+  auto* reactor = new GenerateReactor(engine_, &model_->tokenizer(), metrics_, arrival, deadline);
   absl::StatusOr<GenerationRequest> validated = ValidateGenerateRequest(
       *request, model_->tokenizer(), model_->config(), chat_format_, limits_, RandomSeed());
   if (validated.ok()) {
     validated->arrival = arrival;
-    validated->deadline = DeadlineOf(*context);
+    validated->deadline = deadline;
   }
   reactor->Begin(std::move(validated));
   return reactor;

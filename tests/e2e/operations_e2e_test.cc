@@ -6,6 +6,7 @@
 //
 // Resource checks read the decode process from outside: KV blocks from its
 // metrics (pdserve_decode_kv_blocks_free), threads from /proc/PID/status.
+#include <grpcpp/client_context.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -19,8 +20,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/client_context.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -66,8 +65,7 @@ absl::StatusOr<Service> StartService(const char* binary, std::vector<std::string
   e2e::ServiceProcessOptions options;
   options.binary = binary;
   options.args = std::move(args);
-  options.args.insert(options.args.end(),
-                      {"--device", "cpu", "--metrics_listen", "127.0.0.1:0"});
+  options.args.insert(options.args.end(), {"--device", "cpu", "--metrics_listen", "127.0.0.1:0"});
   absl::StatusOr<std::unique_ptr<e2e::ServiceProcess>> process =
       e2e::ServiceProcess::Start(options);
   if (!process.ok()) return process.status();
@@ -163,8 +161,7 @@ CallResult Call(v1::GenerateService::Stub& stub, const v1::GenerateRequest& requ
   return result;
 }
 
-v1::GenerateRequest Request(const std::string& prompt, int max_new_tokens,
-                            bool ignore_eos = true) {
+v1::GenerateRequest Request(const std::string& prompt, int max_new_tokens, bool ignore_eos = true) {
   v1::GenerateRequest request;
   request.set_prompt(prompt);
   request.mutable_sampling()->set_temperature(0.0f);
@@ -175,8 +172,8 @@ v1::GenerateRequest Request(const std::string& prompt, int max_new_tokens,
 
 // A prompt of about `words` words of a children's story.
 std::string StoryPrompt(int words) {
-  static const char* kWords[] = {"Once", "upon", "a",    "time", "there", "was",
-                                 "a",    "little", "girl", "who", "liked", "to"};
+  static const char* kWords[] = {"Once", "upon",   "a",    "time", "there", "was",
+                                 "a",    "little", "girl", "who",  "liked", "to"};
   std::string prompt;
   for (int i = 0; i < words; ++i) {
     if (i > 0) prompt += ' ';
@@ -317,6 +314,48 @@ TEST(OperationsE2eTest, BurstWithRandomCancelsLeavesPoolAndThreadsAtStartingLeve
 // prompt larger than the whole pool is refused the same way, and a call that
 // outgrows the pool mid-generation ends with FINISH_REASON_LENGTH exactly
 // where the pool runs out.
+// A client deadline that passes while tokens are being generated reaches
+// the server as a cancel; the server counts it as DEADLINE_EXCEEDED, not
+// CANCELLED, so operators can tell deadlines from client cancels. The
+// deadline grows until a call has streamed tokens and is still running when
+// it passes (a loaded machine may need longer for the prefill).
+TEST(OperationsE2eTest, DeadlineWhileGeneratingIsCountedAsDeadlineExceeded) {
+  auto prefill = StartPrefill(kModelDir);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  auto decode = StartDecode(kModelDir, prefill->process->address(), {});
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  auto stub = v1::GenerateService::NewStub(decode->process->NewChannel());
+  const auto idle = [](const MetricsText& m) {
+    return V(m, "pdserve_decode_kv_blocks_used") == 0 &&
+           V(m, "pdserve_decode_requests_running") == 0 &&
+           V(m, "pdserve_decode_requests_waiting") == 0 &&
+           V(m, "pdserve_decode_requests_prefilling") == 0;
+  };
+  bool hit = false;
+  for (int deadline_ms = 30; deadline_ms <= 2000 && !hit; deadline_ms *= 2) {
+    const MetricsText before = WaitForMetrics(decode->metrics_port, idle);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(deadline_ms)));
+    auto reader = stub->Generate(&context, Request("Once upon a time", 480));
+    v1::GenerateResponse response;
+    int tokens = 0;
+    while (reader->Read(&response)) ++tokens;
+    const grpc::Status status = reader->Finish();
+    if (tokens == 0 || status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) continue;
+    hit = true;
+    const MetricsText after = WaitForMetrics(decode->metrics_port, idle);
+    const auto delta = [&](const std::string& code) {
+      return V(after, "pdserve_decode_errors_total", {{"code", code}}) -
+             V(before, "pdserve_decode_errors_total", {{"code", code}});
+    };
+    EXPECT_EQ(delta("CANCELLED"), 0)
+        << "deadline " << deadline_ms << " ms, " << tokens << " tokens streamed";
+    EXPECT_EQ(delta("DEADLINE_EXCEEDED"), 1);
+    EXPECT_EQ(V(after, "pdserve_decode_kv_blocks_used"), 0);
+  }
+  EXPECT_TRUE(hit) << "no deadline from 30 ms to 2 s passed mid-generation";
+}
+
 TEST(OperationsE2eTest, FullQueueIsResourceExhaustedAndBlocksReturn) {
   auto prefill = StartPrefill(kModelDir);
   ASSERT_TRUE(prefill.ok()) << prefill.status();
@@ -391,8 +430,8 @@ TEST(OperationsE2eTest, KillingOneOfTwoPrefillInstancesFailsNoRequest) {
   ASSERT_TRUE(first.ok()) << first.status();
   auto second = StartPrefill(kModelDir);
   ASSERT_TRUE(second.ok()) << second.status();
-  auto decode = StartDecode(
-      kModelDir, first->process->address() + "," + second->process->address());
+  auto decode =
+      StartDecode(kModelDir, first->process->address() + "," + second->process->address());
   ASSERT_TRUE(decode.ok()) << decode.status();
   auto stub = v1::GenerateService::NewStub(decode->process->NewChannel());
 
@@ -451,9 +490,9 @@ TEST(OperationsE2eTest, KillingOneOfTwoPrefillInstancesFailsNoRequest) {
 TEST(OperationsE2eTest, CountersMatchTheRequestsSent) {
   auto prefill = StartPrefill(kModelDir);
   ASSERT_TRUE(prefill.ok()) << prefill.status();
-  auto decode = StartDecode(kModelDir, prefill->process->address(),
-                            {"--kv_cache_blocks", "16", "--max_new_tokens_cap", "100",
-                             "--default_max_new_tokens", "16"});
+  auto decode = StartDecode(
+      kModelDir, prefill->process->address(),
+      {"--kv_cache_blocks", "16", "--max_new_tokens_cap", "100", "--default_max_new_tokens", "16"});
   ASSERT_TRUE(decode.ok()) << decode.status();
   auto stub = v1::GenerateService::NewStub(decode->process->NewChannel());
 
