@@ -47,7 +47,7 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 // write in flight; Finish is called exactly once, only after the engine's
 // terminal call and with no write in flight; so OnDone, which deletes the
 // reactor, comes after the engine has let go of it.
-class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                               public GenerationObserver {
  public:
   // deadline: the client's (absl::InfiniteFuture() for none).
@@ -109,8 +109,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
               << v1::FinishReason_Name(response.finish_reason()) << ", total "
               << summary.timings.total_ms << " ms";
     }
+    // Protobuf refuses only messages over 2 GiB; one token's message is a
+    // few KiB at most (top_logprobs <= 20), so a failure is a bug.
+    absl::StatusOr<grpc::ByteBuffer> bytes = SerializeRawResponse(response);
+    CHECK(bytes.ok()) << "Generate " << request_id_ << ": " << bytes.status();
     std::lock_guard<std::mutex> lock(mu_);
-    if (!write_failed_) pending_.push_back(std::move(response));
+    if (!write_failed_) pending_.push_back(*std::move(bytes));
     if (event.ends_request) final_status_ = grpc::Status::OK;
     PumpLocked();
   }
@@ -206,7 +210,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   std::mutex mu_;
   std::optional<Engine::RequestId> id_;       // guarded by mu_; set once submitted
-  std::deque<v1::GenerateResponse> pending_;  // guarded by mu_; front is in flight
+  std::deque<grpc::ByteBuffer> pending_;      // guarded by mu_; serialized; front is in flight
   bool writing_ = false;                      // guarded by mu_
   bool write_failed_ = false;                 // guarded by mu_
   bool finish_called_ = false;                // guarded by mu_
@@ -247,13 +251,17 @@ DecodeServer::DecodeServer(ServingModel* model, Engine* engine, const RequestLim
   }
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServer::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* DecodeServer::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes) {
   const absl::Time arrival = absl::Now();
   const absl::Time deadline = DeadlineOf(*context);
   auto* reactor = new GenerateReactor(engine_, &model_->tokenizer(), metrics_, arrival, deadline);
-  absl::StatusOr<GenerationRequest> validated = ValidateGenerateRequest(
-      *request, model_->tokenizer(), model_->config(), chat_format_, limits_, RandomSeed());
+  v1::GenerateRequest request;
+  const absl::Status parsed = ParseRawRequest(*request_bytes, &request);
+  absl::StatusOr<GenerationRequest> validated =
+      parsed.ok() ? ValidateGenerateRequest(request, model_->tokenizer(), model_->config(),
+                                            chat_format_, limits_, RandomSeed())
+                  : absl::StatusOr<GenerationRequest>(parsed);
   if (validated.ok()) {
     validated->arrival = arrival;
     validated->deadline = deadline;
@@ -263,26 +271,33 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServer::Generate(
 }
 
 grpc::ServerUnaryReactor* DecodeServer::Tokenize(grpc::CallbackServerContext* context,
-                                                 const v1::TokenizeRequest* request,
-                                                 v1::TokenizeResponse* response) {
+                                                 const grpc::ByteBuffer* request_bytes,
+                                                 grpc::ByteBuffer* response_bytes) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::TokenizeRequest request;
+  if (absl::Status parsed = ParseRawRequest(*request_bytes, &request); !parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
   const Tokenizer& tokenizer = model_->tokenizer();
-  const bool add_bos = request->has_add_bos() ? request->add_bos() : model_->config().add_bos_token;
+  const bool add_bos = request.has_add_bos() ? request.add_bos() : model_->config().add_bos_token;
   // The same cap as a prompt's: tokenizing runs on gRPC's threads.
   if (const int64_t max_bytes = MaxPromptBytes(limits_, model_->config());
-      static_cast<int64_t>(request->text().size()) > max_bytes) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+      static_cast<int64_t>(request.text().size()) > max_bytes) {
     reactor->Finish(
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                     absl::StrCat("text: ", request->text().size(), " bytes exceed the limit of ",
+                     absl::StrCat("text: ", request.text().size(), " bytes exceed the limit of ",
                                   max_bytes, " bytes (--max_prompt_bytes)")));
     return reactor;
   }
-  for (int32_t id : tokenizer.Encode(request->text(), add_bos)) {
-    response->add_token_ids(id);
-    response->add_pieces(tokenizer.IdToPiece(id));
+  v1::TokenizeResponse response;
+  for (int32_t id : tokenizer.Encode(request.text(), add_bos)) {
+    response.add_token_ids(id);
+    response.add_pieces(tokenizer.IdToPiece(id));
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  absl::StatusOr<grpc::ByteBuffer> bytes = SerializeRawResponse(response);
+  if (bytes.ok()) *response_bytes = *std::move(bytes);
+  reactor->Finish(ToGrpcStatus(bytes.status()));
   return reactor;
 }
 

@@ -4,11 +4,11 @@
 #ifndef PDSERVE_DECODE_SERVICE_DECODE_SERVER_H_
 #define PDSERVE_DECODE_SERVICE_DECODE_SERVER_H_
 
+#include <grpcpp/server.h>
+
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
 #include "decode_service/decode_metrics.h"
@@ -20,7 +20,13 @@
 
 namespace pdserve {
 
-class DecodeServer final : public v1::GenerateService::CallbackService {
+// Generate and Tokenize are registered raw: the server parses their
+// requests itself, so that bytes gRPC's generated handler cannot parse (not
+// protobuf, or a string that is not UTF-8) get INVALID_ARGUMENT instead of
+// a bare UNIMPLEMENTED. The wire format is the generated one.
+class DecodeServer final : public v1::GenerateService::WithRawCallbackMethod_Generate<
+                               v1::GenerateService::WithRawCallbackMethod_Tokenize<
+                                   v1::GenerateService::CallbackService>> {
  public:
   // `model` and `engine` (and `metrics`, when not null) must outlive the
   // server (and every call on it). `metrics` counts every Generate call.
@@ -36,12 +42,14 @@ class DecodeServer final : public v1::GenerateService::CallbackService {
   // last sample's. A client cancel or deadline ends the request in the engine and
   // frees its KV at once; errors from the engine (UNAVAILABLE,
   // FAILED_PRECONDITION, DEADLINE_EXCEEDED, INTERNAL) end the stream.
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  // `request`: a serialized GenerateRequest; responses go out serialized.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   // Ids and SentencePiece pieces of `text` (add_bos defaults to the model's).
+  // `request` and `response`: a serialized TokenizeRequest / TokenizeResponse.
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const v1::TokenizeRequest* request,
-                                     v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;

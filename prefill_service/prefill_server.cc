@@ -410,18 +410,10 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* PrefillServer::Prefill(
     grpc::CallbackServerContext* /*context*/, const grpc::ByteBuffer* request_bytes) {
   // The method is registered raw so that responses can be sent as
   // pre-encoded byte buffers; the request is parsed here instead of by the
-  // generated code. Deserialize consumes its buffer: parse a copy (slices
-  // are reference-counted, nothing is copied).
-  grpc::ByteBuffer copy(*request_bytes);
+  // generated code.
   v1::PrefillRequest request;
-  const grpc::Status parsed =
-      grpc::SerializationTraits<v1::PrefillRequest>::Deserialize(&copy, &request);
-  return new PrefillReactor(
-      this, request,
-      parsed.ok() ? absl::OkStatus()
-                  : absl::InvalidArgumentError(absl::StrCat(
-                        "PrefillRequest: the request bytes are not a valid message",
-                        parsed.error_message().empty() ? "" : ": ", parsed.error_message())));
+  const absl::Status parsed = ParseRawRequest(*request_bytes, &request);
+  return new PrefillReactor(this, request, parsed);
 }
 
 grpc::ServerUnaryReactor* PrefillServer::GetModelInfo(grpc::CallbackServerContext* context,

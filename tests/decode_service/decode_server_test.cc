@@ -4,6 +4,13 @@
 // come back and that the service keeps serving.
 #include "decode_service/decode_server.h"
 
+#include <gmock/gmock.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -13,10 +20,9 @@
 #include <thread>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <grpcpp/client_context.h>
-#include <gtest/gtest.h>
-
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "proto/convert/convert.h"
 #include "tests/decode_service/fake_prefill_service.h"
 #include "tests/decode_service/in_process_decode.h"
@@ -27,7 +33,6 @@ namespace pdserve {
 namespace {
 
 using ::testing::HasSubstr;
-
 
 v1::GenerateRequest Greedy(const std::string& prompt, int max_new_tokens) {
   v1::GenerateRequest request;
@@ -54,7 +59,8 @@ class DecodeServerTest : public ::testing::Test {
   }
 
   bool AllBlocksFree() {
-    return Eventually([&] { return decode_->cache().num_free_blocks() == decode_->cache().num_blocks(); });
+    return Eventually(
+        [&] { return decode_->cache().num_free_blocks() == decode_->cache().num_blocks(); });
   }
 
   void ExpectLily() {
@@ -147,11 +153,13 @@ TEST_F(DecodeServerTest, EosTokensEndTheStreamAndAreNotRendered) {
 TEST_F(DecodeServerTest, ConcurrentStreamsGetTheirSoloTokens) {
   StartDecode();
   std::vector<GenerateOutcome> alone;
-  for (const std::string& prompt : StoryPrompts()) alone.push_back(RunGenerate(decode_->stub(), Greedy(prompt, 40)));
+  for (const std::string& prompt : StoryPrompts())
+    alone.push_back(RunGenerate(decode_->stub(), Greedy(prompt, 40)));
   std::vector<GenerateOutcome> together(StoryPrompts().size());
   std::vector<std::thread> clients;
   for (size_t i = 0; i < StoryPrompts().size(); ++i) {
-    clients.emplace_back([&, i] { together[i] = RunGenerate(decode_->stub(), Greedy(StoryPrompts()[i], 40)); });
+    clients.emplace_back(
+        [&, i] { together[i] = RunGenerate(decode_->stub(), Greedy(StoryPrompts()[i], 40)); });
   }
   for (std::thread& client : clients) client.join();
   for (size_t i = 0; i < StoryPrompts().size(); ++i) {
@@ -306,13 +314,92 @@ TEST_F(DecodeServerTest, TokenizeAndGetModelInfoAnswerFromTheModel) {
   EXPECT_EQ(info.device(), "cpu");
 }
 
+// Sends `bytes` as the request of `method` through a generic stub and
+// returns the call's status and how many response messages came back.
+struct RawOutcome {
+  grpc::Status status;
+  int messages = 0;
+};
+RawOutcome CallRaw(int port, const std::string& method, const std::string& bytes) {
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  auto call = stub.PrepareCall(&context, method, &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  RawOutcome outcome;
+  call->StartCall(reinterpret_cast<void*>(1));
+  EXPECT_TRUE(cq.Next(&tag, &ok));
+  call->WriteLast(request, grpc::WriteOptions(), reinterpret_cast<void*>(2));
+  EXPECT_TRUE(cq.Next(&tag, &ok));
+  while (true) {
+    grpc::ByteBuffer response;
+    call->Read(&response, reinterpret_cast<void*>(3));
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    if (!ok) break;
+    ++outcome.messages;
+  }
+  call->Finish(&outcome.status, reinterpret_cast<void*>(4));
+  EXPECT_TRUE(cq.Next(&tag, &ok));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return outcome;
+}
+
+// Generate and Tokenize parse their requests themselves: bytes that are not
+// a request, or a string field that is not UTF-8 (which a C++ client can
+// send), are INVALID_ARGUMENT naming the message, not gRPC's bare
+// UNIMPLEMENTED; an empty message is a valid request with an empty prompt.
+// Nothing is left allocated, and the server still serves.
+TEST_F(DecodeServerTest, UnparseableRequestsAreInvalidArgument) {
+  StartDecode();
+  v1::GenerateRequest generate;
+  generate.set_prompt("Once upon a time");
+  std::string bad_utf8 = generate.SerializeAsString();
+  bad_utf8.replace(bad_utf8.find("Once"), 4, "\xff\xfe\x80" "A");
+  const std::string garbage("\x0a\x64\x01\x02", 4);  // prompt claims 100 bytes, has 2
+  for (const std::string& bytes : {bad_utf8, garbage}) {
+    const RawOutcome outcome =
+        CallRaw(decode_->port(), "/pdserve.v1.GenerateService/Generate", bytes);
+    EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << outcome.status.error_message();
+    EXPECT_THAT(outcome.status.error_message(), ::testing::HasSubstr("GenerateRequest"));
+    EXPECT_EQ(outcome.messages, 0);
+  }
+  const RawOutcome empty = CallRaw(decode_->port(), "/pdserve.v1.GenerateService/Generate", "");
+  EXPECT_EQ(empty.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(empty.status.error_message(), ::testing::HasSubstr("prompt"));
+
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text("Once upon a time");
+  std::string bad_text = tokenize.SerializeAsString();
+  bad_text.replace(bad_text.find("Once"), 4, "\xc3(ab");
+  const RawOutcome refused =
+      CallRaw(decode_->port(), "/pdserve.v1.GenerateService/Tokenize", bad_text);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.status.error_message(), ::testing::HasSubstr("TokenizeRequest"));
+  const RawOutcome tokenized = CallRaw(decode_->port(), "/pdserve.v1.GenerateService/Tokenize",
+                                       tokenize.SerializeAsString());
+  EXPECT_TRUE(tokenized.status.ok()) << tokenized.status.error_message();
+  EXPECT_EQ(tokenized.messages, 1);
+
+  EXPECT_TRUE(AllBlocksFree());
+  ExpectLily();
+}
+
 TEST_F(DecodeServerTest, ClientDeadlineIsDeadlineExceededAndFreesBlocks) {
   StartDecode();
   FakePrefillOptions hold;
   hold.fault = PrefillFault::kHoldAfterFirstChunk;
   fake_->service().set_options(hold);
-  GenerateOutcome outcome = RunGenerate(decode_->stub(), Greedy("Once upon a time", 8), -1,
-                                        absl::Milliseconds(300));
+  GenerateOutcome outcome =
+      RunGenerate(decode_->stub(), Greedy("Once upon a time", 8), -1, absl::Milliseconds(300));
   EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_TRUE(AllBlocksFree());
   fake_->service().set_options(FakePrefillOptions());
@@ -326,7 +413,8 @@ TEST_F(DecodeServerTest, PrefillDyingMidStreamIsUnavailableWithoutLeaks) {
   hold.fault = PrefillFault::kHoldAfterFirstChunk;
   fake_->service().set_options(hold);
   GenerateOutcome outcome;
-  std::thread client([&] { outcome = RunGenerate(decode_->stub(), Greedy("Once upon a time", 8)); });
+  std::thread client(
+      [&] { outcome = RunGenerate(decode_->stub(), Greedy("Once upon a time", 8)); });
   ASSERT_TRUE(fake_->service().WaitForHeld(absl::Seconds(30)));
   fake_->Kill();
   client.join();
