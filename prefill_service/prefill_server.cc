@@ -124,7 +124,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     h->set_head_dim(config.head_dim);
     h->set_kv_dtype(ToProto(engine.kv_dtype()));
     h->set_hidden_size(config.hidden_size);
-    absl::StatusOr<grpc::ByteBuffer> header_bytes = EncodeResponse(header);
+    absl::StatusOr<grpc::ByteBuffer> header_bytes = SerializeRawResponse(header);
     if (!header_bytes.ok()) {
       ProducerDone(header_bytes.status());
       return;
@@ -250,7 +250,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       const std::span<const float> rows =
           values.subspan(static_cast<size_t>(offset) * hidden, static_cast<size_t>(count) * hidden);
       states->mutable_values()->Add(rows.begin(), rows.end());
-      PDSERVE_ASSIGN_OR_RETURN(grpc::ByteBuffer encoded, EncodeResponse(message));
+      PDSERVE_ASSIGN_OR_RETURN(grpc::ByteBuffer encoded, SerializeRawResponse(message));
       PDSERVE_RETURN_IF_ERROR(Send(std::move(encoded),
                                    static_cast<int64_t>(rows.size() * sizeof(float)),
                                    /*is_kv=*/false));
@@ -283,7 +283,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     final_hidden->mutable_values()->Add(hidden->begin(), hidden->end());
     final_hidden->set_prefill_ms(prefill_ms);
     const int64_t bytes = static_cast<int64_t>(hidden->size() * sizeof(float));
-    absl::StatusOr<grpc::ByteBuffer> encoded = EncodeResponse(message);
+    absl::StatusOr<grpc::ByteBuffer> encoded = SerializeRawResponse(message);
     absl::Status sent =
         encoded.ok() ? Send(*std::move(encoded), bytes, /*is_kv=*/false) : encoded.status();
     if (!sent.ok() && metrics_ != nullptr) {

@@ -2,7 +2,6 @@
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/wire_format_lite.h>
-#include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/support/slice.h>
 
 #include <cstdint>
@@ -10,8 +9,6 @@
 #include <cstdlib>
 #include <string>
 #include <utility>
-
-#include "absl/strings/str_cat.h"
 
 namespace pdserve {
 namespace {
@@ -104,18 +101,6 @@ grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_token
   grpc::Slice slices[4] = {grpc::Slice(head), OwningSlice(std::move(buffers.k_)),
                            grpc::Slice(v_head), OwningSlice(std::move(buffers.v_))};
   return grpc::ByteBuffer(slices, 4);
-}
-
-absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse& response) {
-  grpc::ByteBuffer buffer;
-  bool own_buffer = false;
-  const grpc::Status status =
-      grpc::SerializationTraits<v1::PrefillResponse>::Serialize(response, &buffer, &own_buffer);
-  if (!status.ok()) {
-    return absl::InternalError(
-        absl::StrCat("serialising a PrefillResponse: ", status.error_message()));
-  }
-  return buffer;
 }
 
 }  // namespace pdserve

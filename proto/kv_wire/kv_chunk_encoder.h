@@ -7,7 +7,6 @@
 #include <cstddef>
 #include <memory>
 
-#include "absl/status/statusor.h"
 #include "pdserve/v1/prefill.pb.h"
 #include "shared/host_block.h"
 
@@ -51,11 +50,6 @@ class KvChunkBuffers {
 // KV transfer). Four slices: field headers, K, V's header, V.
 grpc::ByteBuffer EncodeKvChunkResponse(int layer, int first_token, int num_tokens,
                                        KvChunkBuffers buffers);
-
-// Any other response through protobuf's serialisation (small messages:
-// header, hidden states, final hidden state). INTERNAL when protobuf
-// refuses (a message over 2 GiB).
-absl::StatusOr<grpc::ByteBuffer> EncodeResponse(const v1::PrefillResponse& response);
 
 }  // namespace pdserve
 

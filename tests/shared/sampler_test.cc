@@ -377,7 +377,6 @@ TEST(SamplerTest, TwoArgumentFormMatchesPromptOnlyHistory) {
   }
 }
 
-}  // namespace
 // A row's k largest logits as Backend::TopKRows gives them, computed here
 // with a full sort: descending, ties to the smaller id, (-inf, -1) padding.
 void TopCandidates(const std::vector<float>& logits, int k, std::vector<float>* values,
@@ -439,4 +438,5 @@ TEST(SamplerTest, CanSampleTopCandidatesOnlyForPenaltyFreeTopK) {
   EXPECT_FALSE(Sampler(frequency).CanSampleTopCandidates(64));
 }
 
+}  // namespace
 }  // namespace pdserve

@@ -109,16 +109,6 @@ TEST(KvChunkEncoderTest, ByteBufferOwnsTheBytes) {
   EXPECT_EQ(parsed.kv().v(), std::string(1000, 'v'));
 }
 
-TEST(KvChunkEncoderTest, EncodesOtherResponsesWithProtobuf) {
-  v1::PrefillResponse header;
-  header.mutable_header()->set_num_tokens(12);
-  header.mutable_header()->set_num_layers(32);
-  absl::StatusOr<grpc::ByteBuffer> encoded = EncodeResponse(header);
-  ASSERT_TRUE(encoded.ok()) << encoded.status();
-  EXPECT_EQ(Flatten(*encoded), header.SerializeAsString());
-}
-
-}  // namespace
 // A producer's own blocks (a backend's pinned memory) travel as the slices
 // and go back to their owner exactly when the last copy of the ByteBuffer
 // is gone, not before (gRPC may still be writing them) and not never (a
@@ -164,4 +154,5 @@ TEST(KvChunkEncoderTest, ReleasesTheProducersBlocksWhenGrpcIsDone) {
   EXPECT_EQ(live, 0);
 }
 
+}  // namespace
 }  // namespace pdserve
