@@ -462,8 +462,9 @@ void Engine::StepRunning() {
   std::vector<StepNeed> needs(running_.size());
   DecodeStepOptions options;
   options.want_logits.resize(running_.size());
+  const int max_candidates = std::min(Backend::kMaxTopKRows, transformer_->config().vocab_size);
   for (size_t i = 0; i < running_.size(); ++i) {
-    needs[i] = NeedOf(*running_[i]);
+    needs[i] = NeedOf(*running_[i], max_candidates);
     options.want_logits[i] = needs[i] == StepNeed::kLogits;
     if (needs[i] == StepNeed::kTopCandidates) {
       options.top_candidates =
@@ -511,11 +512,11 @@ void Engine::StepRunning() {
     options_.on_step(static_cast<int>(stepped.size()), absl::Now() - step_start);
 }
 
-Engine::StepNeed Engine::NeedOf(const Sample& sample) {
+Engine::StepNeed Engine::NeedOf(const Sample& sample, int max_candidates) {
   const GenerationRequest& request = sample.owner->request;
   if (request.logprobs || request.top_logprobs > 0) return StepNeed::kLogits;
   if (sample.sampler.IsPlainGreedy()) return StepNeed::kArgmax;
-  if (sample.sampler.CanSampleTopCandidates(Backend::kMaxTopKRows)) {
+  if (sample.sampler.CanSampleTopCandidates(max_candidates)) {
     return StepNeed::kTopCandidates;
   }
   return StepNeed::kLogits;

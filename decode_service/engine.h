@@ -149,10 +149,11 @@ class Engine {
   absl::Status StartSamples(Sequence* seq);
   void StepRunning();
   // What a decode step must bring back for `sample`'s next token: the
-  // backend's argmax (plain greedy), its top logits (top-k sampling without
-  // penalties or logprobs: Sampler::SampleTopCandidates), or its whole row.
+  // backend's argmax (plain greedy), its top logits (top-k sampling with
+  // top_k <= max_candidates, the most a step can return, and no penalty or
+  // logprobs: Sampler::SampleTopCandidates), or its whole row.
   enum class StepNeed { kArgmax, kTopCandidates, kLogits };
-  static StepNeed NeedOf(const Sample& sample);
+  static StepNeed NeedOf(const Sample& sample, int max_candidates);
   // Appends `sample`'s next token, streams it and finishes the sample when
   // it is done. The token is `chosen` when >= 0 (picked from the step's
   // argmax or top candidates), else drawn by the sample's Sampler from
