@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "pdserve/v1/prefill.pb.h"
+#include "tests/testing/byte_buffer_bytes.h"
 #include "tests/testing/deferred_copy_backend.h"
 
 namespace pdserve {
@@ -54,14 +55,8 @@ class KvChunkStreamerTest : public ::testing::Test {
 
   KvChunkStreamer::Send Collect() {
     return [this](grpc::ByteBuffer message, int64_t payload_bytes) {
-      std::vector<grpc::Slice> slices;
-      EXPECT_TRUE(message.Dump(&slices).ok());
-      std::string bytes;
-      for (const grpc::Slice& slice : slices) {
-        bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-      }
       v1::PrefillResponse response;
-      EXPECT_TRUE(response.ParseFromString(bytes));
+      EXPECT_TRUE(response.ParseFromString(ByteBufferBytes(message)));
       EXPECT_TRUE(response.has_kv());
       EXPECT_EQ(payload_bytes, 2 * static_cast<int64_t>(response.kv().k().size()));
       sent_.push_back(response.kv());

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "pdserve/v1/generate.pb.h"
 #include "pdserve/v1/prefill.pb.h"
+#include "tests/testing/byte_buffer_bytes.h"
 
 namespace pdserve {
 namespace {
@@ -20,23 +21,13 @@ grpc::ByteBuffer Bytes(const std::string& bytes) {
   return grpc::ByteBuffer(&slice, 1);
 }
 
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string bytes;
-  for (const grpc::Slice& slice : slices) {
-    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return bytes;
-}
-
 TEST(SerializeRawResponseTest, WritesWhatProtobufWrites) {
   v1::PrefillResponse header;
   header.mutable_header()->set_num_tokens(12);
   header.mutable_header()->set_num_layers(32);
   absl::StatusOr<grpc::ByteBuffer> encoded = SerializeRawResponse(header);
   ASSERT_TRUE(encoded.ok()) << encoded.status();
-  EXPECT_EQ(Flatten(*encoded), header.SerializeAsString());
+  EXPECT_EQ(ByteBufferBytes(*encoded), header.SerializeAsString());
 }
 
 TEST(ParseRawRequestTest, ParsesAValidRequestAndTheEmptyOne) {

@@ -8,20 +8,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/byte_buffer_bytes.h"
 
 namespace pdserve {
 namespace {
-
-// The bytes of a ByteBuffer, joined.
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string bytes;
-  for (const grpc::Slice& slice : slices) {
-    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return bytes;
-}
 
 std::string Pattern(size_t n, int seed) {
   std::string bytes(n, '\0');
@@ -61,7 +51,7 @@ TEST(KvChunkEncoderTest, WritesWhatProtobufWrites) {
     chunk->set_num_tokens(c.num_tokens);
     chunk->set_k(k);
     chunk->set_v(v);
-    const std::string bytes = Flatten(encoded);
+    const std::string bytes = ByteBufferBytes(encoded);
     EXPECT_EQ(bytes, expected.SerializeAsString());
     EXPECT_EQ(encoded.Length(), expected.ByteSizeLong());
 
@@ -104,7 +94,7 @@ TEST(KvChunkEncoderTest, ByteBufferOwnsTheBytes) {
     kept = encoded;
   }
   v1::PrefillResponse parsed;
-  ASSERT_TRUE(parsed.ParseFromString(Flatten(kept)));
+  ASSERT_TRUE(parsed.ParseFromString(ByteBufferBytes(kept)));
   EXPECT_EQ(parsed.kv().k(), std::string(1000, 'k'));
   EXPECT_EQ(parsed.kv().v(), std::string(1000, 'v'));
 }
@@ -146,7 +136,7 @@ TEST(KvChunkEncoderTest, ReleasesTheProducersBlocksWhenGrpcIsDone) {
   }
   EXPECT_EQ(live, 2);  // `kept` still refers to them
   v1::PrefillResponse parsed;
-  ASSERT_TRUE(parsed.ParseFromString(Flatten(kept)));
+  ASSERT_TRUE(parsed.ParseFromString(ByteBufferBytes(kept)));
   EXPECT_EQ(parsed.kv().layer(), 3);
   EXPECT_EQ(parsed.kv().k(), std::string(256, 'k'));
   EXPECT_EQ(parsed.kv().v(), std::string(256, 'v'));
